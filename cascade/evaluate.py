@@ -131,12 +131,10 @@ def pareto_mask(cost, error) -> np.ndarray:
     cost = np.asarray(cost, float)
     error = np.asarray(error, float)
     order = np.lexsort((np.arange(len(cost)), error, cost))
+    e = error[order]
+    prev_best = np.concatenate([[np.inf], np.minimum.accumulate(e)[:-1]])
     keep = np.zeros(len(cost), bool)
-    best = np.inf
-    for i in order:
-        if error[i] < best:
-            keep[i] = True
-            best = error[i]
+    keep[order[e < prev_best]] = True
     return keep
 
 

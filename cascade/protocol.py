@@ -1,0 +1,360 @@
+"""The comparison protocol of issue 4: every method on the same subsamples, AUC on shared ranges.
+
+For each chain of models and each cascade (ordered sub-sequence of length >= 2), each training size
+n in ``n_values`` ("all" = the whole training split) and each of ``n_subsamples`` seeded subsamples:
+
+1. draw n training query ids (the same draw for every method and every cascade of the chain);
+2. :func:`cascade.tune.prepare` on those queries only (calibrators fitted on the subsample, costs per
+   ``cost_mode``), scored on the full test split;
+3. fit every method with the same seed and score its threshold vectors on the test split.
+
+Each method's test curve is compared with the reference method's (``bayes-opt`` by default) on their
+shared cost range (:func:`cascade.evaluate.compare_curves`): % change = 100 (AUC_m - AUC_ref)/AUC_ref.
+Per cascade the % changes are averaged over subsamples; per cascade length k the per-cascade means are
+averaged, tested with a one-sided paired Wilcoxon signed-rank test (are they below zero?) and given a
+percentile bootstrap interval over cascades. All randomness comes from ``seed``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import evaluate, tune
+
+DEFAULT_N_VALUES = ("10", "20", "30", "50", "100", "all")
+DEFAULT_METHODS = ("markov-copula", "bayes-opt", "grid", "random")
+
+
+def cascades_of(chain: list[str], min_len: int = 2) -> list[list[str]]:
+    """Every ordered sub-sequence of length >= min_len of a chain."""
+    if len(chain) < 2:
+        raise ValueError(f"a chain needs at least two models, got {chain}")
+    out = []
+    for L in range(min_len, len(chain) + 1):
+        out += [list(c) for c in itertools.combinations(chain, L)]
+    return out
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32("|".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+def subsample_ids(train_ids: np.ndarray, n: str | int, n_subsamples: int, seed: int, chain_name: str) -> list[np.ndarray]:
+    """The seeded training subsamples for one n (sorted query ids). 'all' repeats the full split."""
+    train_ids = np.sort(np.asarray(train_ids))
+    if str(n) == "all":
+        return [train_ids for _ in range(n_subsamples)]
+    n = int(n)
+    if n < 2:
+        raise ValueError(f"training size must be >= 2, got {n}")
+    if n > len(train_ids):
+        raise ValueError(f"training size {n} exceeds the {len(train_ids)} training queries")
+    out = []
+    for s in range(n_subsamples):
+        rng = np.random.default_rng(_seed(seed, chain_name, n, s))
+        out.append(np.sort(rng.choice(train_ids, size=n, replace=False)))
+    return out
+
+
+def method_params(method: str, seed: int, overrides: dict | None) -> dict:
+    """Constructor parameters: the per-method overrides plus ``seed`` when the tuner takes one."""
+    import inspect
+
+    cls = tune.get_method(method)
+    params = dict((overrides or {}).get(method, {}))
+    if "seed" in inspect.signature(cls.__init__).parameters:
+        params.setdefault("seed", seed)
+    return params
+
+
+def run_cell(records: pd.DataFrame, models: list[str], train_ids: np.ndarray, methods: list[str], *,
+             seed: int, train_split: str = "train", test_split: str = "test", signal: str = "confidence",
+             cost_mode: str = "model-mean", overrides: dict | None = None, benchmark: str | None = None) -> list[dict]:
+    """One (cascade, subsample): every method's test curve. Returns one row per method."""
+    train_rows = records[(records["split"] == train_split) & records["query_id"].isin(train_ids)]
+    sub = pd.concat([train_rows, records[records["split"] == test_split]], ignore_index=True)
+    train, test, _ = tune.prepare(sub, models=models, train_split=train_split, test_split=test_split,
+                                  signal=signal, cost_mode=cost_mode, benchmark=benchmark)
+    rows = []
+    for m in methods:
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                curve, summary, _ = tune.tune_prepared(train, test, m, method_params(m, seed, overrides))
+            rows.append({"method": m, "test_cost": curve["test_cost"].to_numpy(),
+                         "test_error": curve["test_error"].to_numpy(), "seconds": time.perf_counter() - t0,
+                         "error": ""})
+        except Exception as e:  # a failing method is reported, not hidden: its AUC is NaN
+            rows.append({"method": m, "test_cost": np.array([]), "test_error": np.array([]),
+                         "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"})
+    return rows
+
+
+def _cascade_task(records, chain_name, models, subsamples, methods, reference, seed, kw):
+    out_rows, curves = [], []
+    for n, subs in subsamples.items():
+        for s, ids in enumerate(subs):
+            cell_seed = _seed(seed, chain_name, n, s)
+            rows = run_cell(records, models, ids, methods, seed=cell_seed, **kw)
+            by = {r["method"]: r for r in rows}
+            ref = by.get(reference)
+            for r in rows:
+                rec = {"chain": chain_name, "cascade": " -> ".join(models), "k": len(models), "n": str(n),
+                       "subsample": s, "method": r["method"], "n_points": len(r["test_cost"]),
+                       "seconds": r["seconds"], "error": r["error"],
+                       "auc_own": evaluate.auc(r["test_cost"], r["test_error"]) if len(r["test_cost"]) else np.nan}
+                if ref is not None and len(ref["test_cost"]) and len(r["test_cost"]):
+                    cmp = evaluate.compare_curves(r["test_cost"], r["test_error"], ref["test_cost"], ref["test_error"])
+                    rec.update({"cost_lo": cmp.lo, "cost_hi": cmp.hi, "auc": cmp.auc_a, "auc_ref": cmp.auc_b,
+                                "pct_change": cmp.pct_change})  # a zero-width range compares at one cost
+                else:
+                    rec.update({"cost_lo": np.nan, "cost_hi": np.nan, "auc": np.nan, "auc_ref": np.nan,
+                                "pct_change": np.nan})
+                out_rows.append(rec)
+                if s == 0:
+                    curves.append({"chain": chain_name, "cascade": rec["cascade"], "n": str(n), "method": r["method"],
+                                   "test_cost": r["test_cost"].tolist(), "test_error": r["test_error"].tolist()})
+    return out_rows, curves
+
+
+@dataclass
+class StudyResult:
+    runs: pd.DataFrame  # one row per chain x cascade x n x subsample x method
+    per_cascade: pd.DataFrame
+    summary: pd.DataFrame
+    curves: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+
+def bootstrap_ci(x, n_boot: int = 2000, level: float = 0.95, seed: int = 0, strata=None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``x``; with ``strata``, of the mean of the per-stratum
+    means (resampling within each stratum), matching the k >= 3 statistic."""
+    x = np.asarray(x, float)
+    ok = np.isfinite(x)
+    if not ok.any():
+        return (np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        x = x[ok]
+        means = rng.choice(x, size=(n_boot, len(x)), replace=True).mean(axis=1)
+    else:
+        strata = np.asarray(strata)[ok]
+        x = x[ok]
+        per = [rng.choice(x[strata == s], size=(n_boot, int((strata == s).sum())), replace=True).mean(axis=1)
+               for s in np.unique(strata)]
+        means = np.mean(per, axis=0)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def _summarize_one(runs: pd.DataFrame, reference: str, seed: int, groups: dict, chain_label: str):
+    pcs, rows = [], []
+    for gname, ns in groups.items():
+        sel = runs[runs["n"].isin(ns) & (runs["method"] != reference)]
+        if sel.empty:
+            continue
+        pc = (sel.groupby(["chain", "cascade", "k", "method"], as_index=False)
+              .agg(auc=("auc", "mean"), auc_ref=("auc_ref", "mean"), pct_change=("pct_change", "mean"),
+                   n_runs=("pct_change", "size"), n_failed=("error", lambda e: int((e.fillna("") != "").sum()))))
+        pc.insert(0, "n", gname)
+        pcs.append(pc)
+        for m, g in pc.groupby("method"):
+            parts = [(str(k), gk) for k, gk in g.groupby("k")]
+            ge3 = g[g["k"] >= 3]
+            if len(ge3):
+                parts.append((">=3", ge3))
+            parts.append(("all", g))
+            for kname, gk in parts:
+                x = gk["pct_change"].to_numpy(float)
+                if kname == ">=3":
+                    mean = float(gk.groupby("k")["pct_change"].mean().mean())  # mean of per-k means (paper)
+                else:
+                    mean = float(np.nanmean(x)) if np.isfinite(x).any() else np.nan
+                strata = gk["k"].to_numpy() if kname == ">=3" else None
+                lo, hi = bootstrap_ci(x, seed=_seed(seed, chain_label, gname, m, kname), strata=strata)
+                rows.append({"chain": chain_label, "n": gname, "method": m, "vs": reference, "k": kname,
+                             "n_cascades": int(len(gk)), "mean_pct_change": mean, "ci95_lo": lo, "ci95_hi": hi,
+                             "wilcoxon_p_less": evaluate.wilcoxon_less(x),
+                             "mean_auc": float(gk["auc"].mean()), "mean_auc_ref": float(gk["auc_ref"].mean())})
+    return pcs, rows
+
+
+def summarize(runs: pd.DataFrame, reference: str, seed: int = 0, groups: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-cascade means over subsamples, then per (chain, n group, method, k): mean % change, one-sided
+    Wilcoxon p, bootstrap CI. Chain "all" pools the cascades of every chain."""
+    runs = runs.copy()
+    runs["n"] = runs["n"].astype(str)
+    groups = groups or {n: [n] for n in runs["n"].unique()}
+    chains = list(dict.fromkeys(runs["chain"]))
+    pcs, _ = _summarize_one(runs, reference, seed, groups, "all")
+    rows = []
+    for label in (["all"] + chains if len(chains) > 1 else chains):
+        sub = runs if label == "all" else runs[runs["chain"] == label]
+        rows += _summarize_one(sub, reference, seed, groups, label)[1]
+    return pd.concat(pcs, ignore_index=True) if pcs else pd.DataFrame(), pd.DataFrame(rows)
+
+
+def default_groups(n_values) -> dict:
+    n_values = [str(n) for n in n_values]
+    groups = {n: [n] for n in n_values}
+    small = [n for n in n_values if n != "all" and int(n) <= 30]
+    if small:
+        groups["<=30"] = small
+    return groups
+
+
+def run_study(chains: dict[str, pd.DataFrame], *, chain_models: dict[str, list[str]] | None = None,
+              methods=DEFAULT_METHODS, reference: str = "bayes-opt", n_values=DEFAULT_N_VALUES,
+              n_subsamples: int = 20, seed: int = 0, n_jobs: int = 1, overrides: dict | None = None,
+              train_split: str = "train", test_split: str = "test", signal: str = "confidence",
+              cost_mode: str = "model-mean", max_len: int | None = None, progress=None) -> StudyResult:
+    """Run the protocol. ``chains`` maps a chain name to its records (one benchmark); the chain's order is
+    ``chain_models[name]`` or the order in which models first appear in the records."""
+    methods = list(methods)
+    if not methods:
+        raise ValueError("no methods given")
+    for m in methods:
+        tune.get_method(m)  # unknown method -> ValueError naming the choices
+    if reference not in methods:
+        raise ValueError(f"the reference method {reference!r} must be one of the methods {methods}")
+    if n_subsamples < 1:
+        raise ValueError("n_subsamples must be >= 1")
+    kw = dict(train_split=train_split, test_split=test_split, signal=signal, cost_mode=cost_mode,
+              overrides=overrides)
+    tasks = []
+    for name, recs in chains.items():
+        order = (chain_models or {}).get(name) or list(dict.fromkeys(recs["model"]))
+        train_ids = recs.loc[recs["split"] == train_split, "query_id"].unique()
+        if len(train_ids) == 0:
+            raise ValueError(f"chain {name}: the training split {train_split!r} is empty")
+        subsamples = {str(n): subsample_ids(train_ids, n, n_subsamples, seed, name) for n in n_values}
+        for models in cascades_of(order):
+            if max_len is None or len(models) <= max_len:
+                tasks.append((recs, name, models, subsamples))
+    t0 = time.perf_counter()
+    if n_jobs == 1:
+        results = []
+        for i, (recs, name, models, subs) in enumerate(tasks):
+            results.append(_cascade_task(recs, name, models, subs, methods, reference, seed, kw))
+            if progress:
+                progress(f"[{i + 1}/{len(tasks)}] {name}: {' -> '.join(models)} ({time.perf_counter() - t0:.0f}s)")
+    else:
+        from joblib import Parallel, delayed
+
+        # longest cascades first so the pool stays busy
+        order_idx = sorted(range(len(tasks)), key=lambda i: -len(tasks[i][2]))
+        res = Parallel(n_jobs=n_jobs, verbose=5 if progress else 0)(
+            delayed(_cascade_task)(tasks[i][0], tasks[i][1], tasks[i][2], tasks[i][3], methods, reference, seed, kw)
+            for i in order_idx)
+        results = [None] * len(tasks)
+        for i, r in zip(order_idx, res):
+            results[i] = r
+    runs = pd.DataFrame([row for r, _ in results for row in r])
+    curves = pd.DataFrame([c for _, cl in results for c in cl]) if results else pd.DataFrame()
+    per_cascade, summary = summarize(runs, reference, seed, default_groups(n_values))
+    meta = {"methods": methods, "reference": reference, "n_values": list(map(str, n_values)),
+            "n_subsamples": n_subsamples, "seed": seed, "n_jobs": n_jobs, "cost_mode": cost_mode,
+            "signal": signal, "n_cascades": len(tasks), "seconds": time.perf_counter() - t0,
+            "overrides": overrides or {}}
+    return StudyResult(runs, per_cascade, summary, curves, meta)
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """A readable plain-text table: one row per (chain, n, k), one column per method with
+    'mean % change [95% CI] p=Wilcoxon' against the reference."""
+    if summary.empty:
+        return "(no comparisons)"
+    df = summary.copy()
+    df["cell"] = [f"{m:+6.2f} [{a:+.2f},{b:+.2f}] p={p:.2g}" if np.isfinite(m) else "n/a"
+                  for m, a, b, p in zip(df["mean_pct_change"], df["ci95_lo"], df["ci95_hi"], df["wilcoxon_p_less"])]
+    ref = df["vs"].iloc[0]
+    if "chain" not in df.columns:
+        df["chain"] = "all"
+    nk = df.groupby(["chain", "n", "k"], sort=False)["n_cascades"].first()
+    wide = df.pivot_table(index=["chain", "n", "k"], columns="method", values="cell", aggfunc="first", sort=False)
+    wide.insert(0, "cascades", nk.reindex(wide.index).to_numpy())
+    wide.columns.name = None
+    head = (f"% change of mean test error over the shared cost range (AUC) vs {ref}; negative = better than {ref}.\n"
+            f"Cell: mean over cascades [95% bootstrap CI] p = one-sided paired Wilcoxon (< 0).\n")
+    return head + wide.reset_index().to_string(index=False)
+
+
+def plot_curves(curves: pd.DataFrame, outdir, n: str = "all") -> list:
+    """One PNG per cascade: each method's test error-cost curve (first subsample of size ``n``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = []
+    sel = curves[curves["n"] == str(n)]
+    for (chain, cascade), g in sel.groupby(["chain", "cascade"], sort=False):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for _, r in g.iterrows():
+            c, e = np.asarray(r["test_cost"]), np.asarray(r["test_error"])
+            if len(c) == 0:
+                continue
+            o = np.argsort(c, kind="stable")
+            ax.plot(c[o], e[o], marker=".", label=r["method"])
+        ax.set_xlabel("test cost (USD per million queries)")
+        ax.set_ylabel("test error")
+        ax.set_title(f"{chain}: {cascade} (n={n})", fontsize=8)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"{chain}__{cascade.replace(' -> ', '_')}__n{n}.png".replace("/", "_")
+        fig.savefig(outdir / name, dpi=90)
+        plt.close(fig)
+        files.append(outdir / name)
+    return files
+
+
+def margin_study(records: pd.DataFrame, models: list[str], *, signal: str = "conf_top2_margin",
+                 train_split: str = "train", test_split: str = "test", benchmark: str | None = None,
+                 n_budgets: int = 100, n_orders: int = 3, warmup: int = 20, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Margin sampling online (on the test stream) vs offline (quantiles fitted on train) vs random routing,
+    for a two-model cascade, at the same ``n_budgets`` budgets between the cheap model's cost and the cost
+    of always escalating (model-mean costs, USD per million queries). Returns (per-budget frame, summary)."""
+    from .baselines.margin import accuracy_at_budgets, budget_area, online_margin_curve
+
+    if len(models) != 2:
+        raise ValueError(f"margin sampling compares a cheap and an expensive model; got {len(models)} models")
+    train, test, _ = tune.prepare(records, models=models, train_split=train_split, test_split=test_split,
+                                  signal=signal, cost_mode="model-mean", benchmark=benchmark)
+    from .records import cascade_data
+
+    raw_test = cascade_data(records, models, test_split, signal=signal, benchmark=benchmark)
+    c0, c1 = float(test.cost[0, 0]), float(test.cost[0, 1])
+    online, area_online = online_margin_curve(raw_test.confidence[:, 0], test.correct, c0, c1,
+                                              n_budgets=n_budgets, n_orders=n_orders, warmup=warmup, seed=seed)
+    budgets = online["budget"].to_numpy()
+    curve, _, _ = tune.tune_prepared(train, test, "margin", {"seed": seed})
+    acc_off = accuracy_at_budgets(curve["test_cost"], curve["test_error"], budgets)
+    # random routing: escalate with probability (B - c0)/c1, exact expectation
+    acc0, acc1 = test.correct.mean(axis=0)
+    p = np.clip((budgets - c0) / c1, 0, 1)
+    acc_rand = (1 - p) * acc0 + p * acc1
+    online["offline_accuracy"] = acc_off
+    online["random_accuracy"] = acc_rand
+    summary = pd.DataFrame([
+        {"form": "online (test stream)", "area": area_online,
+         "max_spend_ratio": float(online["max_spend_ratio"].max())},
+        {"form": "offline (train quantiles)", "area": budget_area(budgets, acc_off), "max_spend_ratio": np.nan},
+        {"form": "random routing", "area": budget_area(budgets, acc_rand), "max_spend_ratio": 1.0},
+    ])
+    summary.insert(0, "cascade", " -> ".join(models))
+    summary["cheap_accuracy"] = acc0
+    summary["expensive_accuracy"] = acc1
+    summary["n_test"] = test.n
+    summary["n_train"] = train.n
+    return online, summary

@@ -1,0 +1,28 @@
+"""``cascade import FILE --out RESULTS``: validate per-query results and add them to a results store."""
+
+from __future__ import annotations
+
+from cascade import records
+
+
+def register(sub) -> None:
+    p = sub.add_parser("import", help="validate per-query x model results (Parquet/CSV) and store them",
+                       description="Validate per-query x model results (Parquet or CSV with the columns benchmark, "
+                                   "split, query_id, model, confidence, correct, input_tokens, output_tokens, cost) "
+                                   "and add them to a results store. Bad input writes nothing.")
+    p.add_argument("file", help="Parquet or CSV file")
+    p.add_argument("--out", required=True, help="results store folder (created if missing)")
+    p.add_argument("--prices", help="YAML price table {model: {input: USD/1M tokens, output: USD/1M tokens}}, "
+                                    "used when the file has no cost column")
+    p.add_argument("--overwrite", action="store_true", help="replace records the store already holds for "
+                                                            "the same benchmark and model")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    prices = records.PriceTable.from_file(args.prices) if args.prices else None
+    df = records.import_file(args.file, args.out, prices=prices, overwrite=args.overwrite)
+    summary = df.groupby(["benchmark", "split"]).agg(models=("model", "nunique"), queries=("query_id", "nunique"))
+    print(f"imported {len(df)} records into {args.out}")
+    print(summary.to_string())
+    return 0

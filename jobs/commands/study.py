@@ -1,0 +1,116 @@
+"""``cascade study``: the baselines comparison protocol (issue 4) and the margin-sampling study."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from cascade import protocol, records
+
+
+def _parse_param(items):
+    """--param METHOD.NAME=VALUE -> {method: {name: value}}."""
+    from jobs.commands.tune import _parse_value
+
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--param {item!r}: use METHOD.NAME=VALUE, e.g. --param bayes-opt.n_trials=100")
+        key, v = item.split("=", 1)
+        method, name = key.rsplit(".", 1)
+        out.setdefault(method.strip(), {})[name.strip().replace("-", "_")] = _parse_value(v.strip())
+    return out
+
+
+def _chains(specs, benchmark):
+    chains, orders = {}, {}
+    for spec in specs:
+        name, _, rest = spec.partition("=") if "=" in spec else (None, None, spec)
+        path, _, models = rest.partition(":") if ":" in rest and not Path(rest).exists() else (rest, None, "")
+        df = records.load(path, benchmark=benchmark)
+        if benchmark is None and df["benchmark"].nunique() > 1:
+            raise ValueError(f"{path} holds several benchmarks; pass --benchmark")
+        name = name or Path(path).stem
+        chains[name] = df
+        if models:
+            orders[name] = [m.strip() for m in models.split(",") if m.strip()]
+    return chains, orders
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "study", help="compare tuning methods on every cascade of one or more chains (issue 4 protocol)",
+        description="Protocol 'compare': every method on the same seeded training subsamples (n values), AUC "
+                    "on the shared cost range against a reference method, mean %% change per cascade length, "
+                    "one-sided Wilcoxon, bootstrap CI. Writes OUT/table.txt, summary.csv, per_cascade.csv, "
+                    "runs.csv, curves.json, plots/*.png. Protocol 'margin': online vs offline margin sampling "
+                    "vs random routing on a two-model cascade.")
+    p.add_argument("--results", action="append", required=True,
+                   help="a chain: [NAME=]PATH[:m1,m2,...] (records file or store; model order defaults to the "
+                        "order in the records). Repeat for several chains.")
+    p.add_argument("--benchmark")
+    p.add_argument("--protocol", choices=["compare", "margin"], default="compare")
+    p.add_argument("--methods", default=",".join(protocol.DEFAULT_METHODS))
+    p.add_argument("--reference", default="bayes-opt")
+    p.add_argument("--n-values", default=",".join(protocol.DEFAULT_N_VALUES),
+                   help="training sizes, 'all' = the whole training split")
+    p.add_argument("--subsamples", type=int, default=20, help="random subsamples per n (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes (joblib)")
+    p.add_argument("--max-len", type=int, default=None, help="only cascades up to this length")
+    p.add_argument("--param", action="append", default=[], help="METHOD.NAME=VALUE, repeatable")
+    p.add_argument("--signal", default=None, help="confidence signal (compare: confidence; margin: conf_top2_margin)")
+    p.add_argument("--cost", default="model-mean", choices=["model-mean", "per-query"])
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--models", help="margin protocol: cheap,expensive")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--budgets", type=int, default=100)
+    p.add_argument("--orders", type=int, default=3)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run_study_cmd)
+
+
+def run_study_cmd(args) -> int:
+    out = Path(args.out)
+    chains, orders = _chains(args.results, args.benchmark)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.protocol == "margin":
+        (name, df), = list(chains.items())[:1]
+        models = [m.strip() for m in (args.models or "").split(",") if m.strip()] or orders.get(name, [])[:2]
+        if len(models) != 2:
+            raise ValueError("--protocol margin needs --models cheap,expensive")
+        frame, summary = protocol.margin_study(df, models, signal=args.signal or "conf_top2_margin",
+                                               benchmark=args.benchmark, n_budgets=args.budgets,
+                                               n_orders=args.orders, warmup=args.warmup, seed=args.seed)
+        frame.to_csv(out / "margin_budgets.csv", index=False)
+        summary.to_csv(out / "margin_summary.csv", index=False)
+        text = summary.to_string(index=False)
+        (out / "margin_table.txt").write_text(text + "\n")
+        print(text)
+        return 0
+    t0 = time.time()
+    res = protocol.run_study(
+        chains, chain_models=orders, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        reference=args.reference, n_values=[v.strip() for v in args.n_values.split(",") if v.strip()],
+        n_subsamples=args.subsamples, seed=args.seed, n_jobs=args.jobs, overrides=_parse_param(args.param),
+        signal=args.signal or "confidence", cost_mode=args.cost, max_len=args.max_len,
+        progress=lambda s: print(s, file=sys.stderr, flush=True))
+    res.runs.to_csv(out / "runs.csv", index=False)
+    res.per_cascade.to_csv(out / "per_cascade.csv", index=False)
+    res.summary.to_csv(out / "summary.csv", index=False)
+    res.curves.to_json(out / "curves.json", orient="records")
+    table = protocol.format_table(res.summary)
+    failed = res.runs[res.runs["error"] != ""]
+    meta = dict(res.meta, wall_seconds=time.time() - t0, n_failed_fits=int(len(failed)))
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    (out / "table.txt").write_text(table + "\n")
+    if not args.no_plots and not res.curves.empty:
+        protocol.plot_curves(res.curves, out / "plots", n="all" if "all" in res.meta["n_values"] else res.meta["n_values"][-1])
+    print(table)
+    if len(failed):
+        print(f"{len(failed)} fit(s) failed; see runs.csv column 'error'", file=sys.stderr)
+    return 0
