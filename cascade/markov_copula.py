@@ -569,14 +569,16 @@ class MarkovCopulaTuner(Tuner):
     model's cost (``stop_reference``: "cascade" = the cascade's first model; "chain" = the given
     ``reference_cost``, the release's choice of the chain's first model), at most ``max_steps`` times
     and while lambda < ``lambda_max``. ``start``: "midpoint" of the box (the release) or "warm"
-    (previous solution). ``max_gap``: gap filling on training confidences.
+    (previous solution). ``max_gap``: gap filling on training confidences. ``integration``: "table"
+    (default, the release's tabulated expectations, interpolated) or "exact" (closed form at every
+    step); see docs/tuner.md for why the default is "table".
     """
 
     def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
                  lambda_max: float = 1000.0, stop_multiplier: float = 1.25, stop_reference: str = "cascade",
                  reference_cost: float | None = None, max_gap: float = 0.1, eps: float = 1e-3,
                  start: str = "midpoint", marginal_fit: str = "mle", copula: str = "gumbel", n_quad: int = 48,
-                 integration: str = "exact"):
+                 integration: str = "table"):
         self.lambdas = tuple(lambdas)
         self.growth = growth
         self.max_steps = max_steps

@@ -330,7 +330,13 @@ def load(store: str | os.PathLike, *, benchmark: str | None = None, columns: lis
     )
     if not files:
         raise RecordsError(f"{store}: holds no records (no .parquet files)")
-    dataset = pads.dataset([str(f) for f in files], format="parquet")
+    # Shards written by different runs may carry different signal columns: read with the union schema
+    # (columns a shard lacks come back as nulls) instead of the first file's schema.
+    try:
+        schema = pa.unify_schemas([pq.read_schema(f) for f in files])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise RecordsError(f"{store}: shards disagree on column types ({e})") from e
+    dataset = pads.dataset([str(f) for f in files], format="parquet", schema=schema)
     filt = (pads.field("benchmark") == benchmark) if benchmark is not None else None
     table = dataset.to_table(columns=columns, filter=filt)
     return table.to_pandas()

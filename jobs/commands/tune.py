@@ -160,6 +160,7 @@ def run_tune(args) -> int:
                                           cost_mode=args.cost)
             res.summary["goodness_of_fit"] = gof.report(res.tuner.model_, train, test,
                                                         n_boot=args.gof_bootstrap, seed=args.seed)
+            print(f"goodness of fit, {' -> '.join(casc)}:\n{gof.format_report(res.summary['goodness_of_fit'])}")
         target = out / "-".join(casc) if args.all_cascades else out
         write_outputs(target, res.curve, res.summary)
         rows.append({"cascade": " -> ".join(casc), "k": len(casc), "points": len(res.curve),
