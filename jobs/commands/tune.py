@@ -68,6 +68,7 @@ def register(sub) -> None:
                    help="a method parameter, e.g. --param score=calibrated (grid) or --param integration=exact")
     p.add_argument("--seed", type=int, default=0, help="seed for methods and bootstraps that draw random numbers")
     p.add_argument("--out", required=True, help="output folder")
+    add_tracking_args(p)
     p.set_defaults(func=run_tune)
 
     c = sub.add_parser(
@@ -78,6 +79,39 @@ def register(sub) -> None:
     c.add_argument("--baseline", help="method the others are compared against (default: the last DIR's method)")
     c.add_argument("--csv", help="write the per-cascade table to this CSV file")
     c.set_defaults(func=run_compare)
+
+
+def add_tracking_args(p) -> None:
+    g = p.add_argument_group("tracking (MLflow)")
+    g.add_argument("--track", action="store_true",
+                   help="log to MLflow after the outputs are written (python -m jobs.tune always does)")
+    g.add_argument("--experiment", help="MLflow experiment (default: the benchmark's name)")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///<repo>/mlflow.db)")
+
+
+def track_outputs(args, out_dirs: list[Path], benchmark: str, records_path, records_df, run_name: str) -> int:
+    """Log written `cascade tune` outputs to MLflow; the outputs stay on disk whatever happens here."""
+    import tracking
+
+    experiment = args.experiment or benchmark
+    try:
+        with tracking.parent_run(experiment, run_name, uri=args.tracking_uri,
+                                 params={"command": "tune", "method": args.method, "records": str(records_path),
+                                         "n_cascades": len(out_dirs)}) as parent:
+            for d in out_dirs:
+                summary = json.loads((d / "summary.json").read_text())
+                tracking.log_tune(pd.read_parquet(d / "curve.parquet"), summary, cascade=list(summary["models"]),
+                                  method=summary["method"], params=summary.get("params"),
+                                  records_path=records_path, records_df=records_df,
+                                  parent_run_id=parent.info.run_id)
+    except tracking.TrackingUnavailable as e:
+        print(f"cascade tune: tracking failed: {e}\n  the results are safe under {args.out}; log them later with "
+              f"`cascade log {args.out} --results {records_path}`", file=__import__("sys").stderr)
+        return 3
+    print(f"logged {len(out_dirs)} run(s) to MLflow experiment {experiment!r} at "
+          f"{tracking.tracking_uri(args.tracking_uri)}")
+    return 0
 
 
 def _default_signal(df: pd.DataFrame) -> str:
@@ -137,6 +171,7 @@ def run_tune(args) -> int:
     benchmarks = sorted(df["benchmark"].unique())
     if args.benchmark is None and len(benchmarks) > 1:
         raise ValueError(f"{args.results} holds several benchmarks ({', '.join(benchmarks)}); pass --benchmark")
+    args.benchmark = args.benchmark or benchmarks[0]  # recorded in summary.json
     signal = args.signal or _default_signal(df)
     if "seed" in cls.__init__.__code__.co_varnames and "seed" not in params:
         params["seed"] = args.seed
@@ -146,7 +181,7 @@ def run_tune(args) -> int:
         params.setdefault("reference_cost", float(train.groupby("model")["cost"].mean().min() * tune.COST_SCALE))
     cascades = cascades_of(models) if args.all_cascades else [models]
     out = Path(args.out)
-    rows = []
+    rows, written = [], []
     for casc in cascades:
         res = tune.run_tuning(
             df, models=casc, method=args.method, benchmark=args.benchmark, train_split=args.train_split,
@@ -163,11 +198,15 @@ def run_tune(args) -> int:
             print(f"goodness of fit, {' -> '.join(casc)}:\n{gof.format_report(res.summary['goodness_of_fit'])}")
         target = out / "-".join(casc) if args.all_cascades else out
         write_outputs(target, res.curve, res.summary)
+        written.append(target)
         rows.append({"cascade": " -> ".join(casc), "k": len(casc), "points": len(res.curve),
                      "test_auc": res.summary["test_auc"], "seconds": res.summary["seconds"]})
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(cascades)} curve(s) under {out}")
+    if getattr(args, "track", False):
+        return track_outputs(args, written, args.benchmark, Path(args.results).resolve(), df,
+                             run_name=f"tune {args.method}: {args.models}")
     return 0
 
 
