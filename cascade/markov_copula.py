@@ -385,8 +385,17 @@ class MarkovCopulaModel:
         return gi, gj, tab
 
     @staticmethod
+    def _grid_pos(grid, t):
+        """Fractional grid index of t; 0 on a degenerate grid (a model whose training confidences are
+        all equal, e.g. a last model that answered every training query of a small subsample correctly)."""
+        step = grid[1] - grid[0]
+        if not step > 0:
+            return np.zeros(np.shape(t))
+        return np.nan_to_num((np.clip(t, grid[0], grid[-1]) - grid[0]) / step, nan=0.0)
+
+    @staticmethod
     def _interp_uni(grid, tab, t):
-        r = (np.clip(t, grid[0], grid[-1]) - grid[0]) / (grid[1] - grid[0])
+        r = MarkovCopulaModel._grid_pos(grid, t)
         f = np.minimum(np.floor(r).astype(int), len(grid) - 1)
         w = r - f
         return np.where(f == len(grid) - 1, tab[f], w * tab[np.minimum(f + 1, len(grid) - 1)] + (1 - w) * tab[f])
@@ -394,8 +403,8 @@ class MarkovCopulaModel:
     @staticmethod
     def _interp_bi(gi, gj, tab, ti, tj):
         """The release's interpolation: base + w0 * (step along t_i) + w1 * (step along t_j)."""
-        r0 = (np.clip(ti, gi[0], gi[-1]) - gi[0]) / (gi[1] - gi[0])
-        r1 = (np.clip(tj, gj[0], gj[-1]) - gj[0]) / (gj[1] - gj[0])
+        r0 = MarkovCopulaModel._grid_pos(gi, ti)
+        r1 = MarkovCopulaModel._grid_pos(gj, tj)
         f0 = np.minimum(np.floor(r0).astype(int), len(gi) - 1)
         f1 = np.minimum(np.floor(r1).astype(int), len(gj) - 1)
         w0, w1 = r0 - f0, r1 - f1
