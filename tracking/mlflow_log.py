@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -61,8 +60,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingUnavailable(f"MLflow server {uri} is unreachable ({e})") from e
     elif uri.startswith("sqlite:///"):
         parent = Path(uri[len("sqlite:///"):]).parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise TrackingUnavailable(f"SQLite tracking store folder {parent} does not exist or is not writable")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingUnavailable(f"cannot create the SQLite tracking store folder {parent}: {e}") from e
+        if not os.access(parent, os.W_OK):
+            raise TrackingUnavailable(f"SQLite tracking store folder {parent} is not writable")
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -106,25 +109,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _parquet_files(path: Path) -> list[Path]:
-    return [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet")
-                                                if not any(s.startswith(".") for s in p.relative_to(path).parts))
-
-
 def data_fingerprint(data) -> str:
-    """sha256 of the records: the bytes of a file or store's Parquet files, or a DataFrame's row hashes."""
-    h = hashlib.sha256()
-    if isinstance(data, pd.DataFrame):
-        h.update(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes())
-        h.update(",".join(map(str, data.columns)).encode())
-        return h.hexdigest()[:16]
-    path = Path(data)
-    for f in _parquet_files(path):
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    """sha256 of the records (see :func:`cascade.records.fingerprint`)."""
+    from cascade.records import fingerprint
+
+    return fingerprint(data)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,215 @@
+"""``python -m jobs.demo`` (``make demo``): the whole product on the embedded defaults, in one command.
+
+1. Score an MMLU slice (``examples/score-mmlu-tiny.yaml``: 50 test + 40 dev questions) with the two real
+   tiny models (SmolLM2-135M-Instruct and Gemma-3-270M, transformers on CPU) as Ray actor stages on a
+   local Ray instance. A rerun skips finished shards.
+2. Tune every method on those records (markov-copula, grid, bayes-opt, random on the mean answer-token
+   log-prob; margin on the first token's top-2 margin) and on the shipped example results
+   (``examples/medmcqa-llama.parquet``: 9 large models' real results, every cascade of the llama chain).
+3. Log everything to the local MLflow store (``sqlite:///<repo>/mlflow.db`` unless
+   ``MLFLOW_TRACKING_URI`` / ``--tracking-uri`` says otherwise): one parent run, a nested scoring run
+   and a nested run per (records, cascade, method) with metrics, curve, plot and data lineage.
+4. Print the comparison table (AUC % change against bayes-opt per cascade length, paired Wilcoxon) and
+   how to open the MLflow UI.
+
+The learned ``scorer``/``router`` baselines need per-query text features; see docs/baselines.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cascade import evaluate, records, tune
+from jobs.commands.tune import cascades_of
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORE_CONFIG = ROOT / "examples" / "score-mmlu-tiny.yaml"
+EXAMPLE_RESULTS = ROOT / "examples" / "medmcqa-llama.parquet"
+LLAMA_CHAIN = ["llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b", "llama3.1-405b"]
+TINY_CHAIN = ["smollm2-135m", "gemma3-270m"]
+METHODS = ["markov-copula", "grid", "bayes-opt", "random"]
+REFERENCE = "bayes-opt"
+
+
+def _tune_all(df: pd.DataFrame, label: str, chain: list[str], methods: list[str], signal: str, benchmark: str,
+              records_path: Path, parent_id: str | None, tracking, progress: bool, extra: dict | None = None) -> list[dict]:
+    from tqdm import tqdm
+
+    jobs = [(casc, m) for casc in cascades_of(chain) for m in methods]
+    extra = extra or {}
+    rows = []
+    bar = tqdm(jobs, desc=f"tune {label}", unit="fit", disable=not progress, file=sys.stdout)
+    for casc, method in bar:
+        sig = extra.get(method, {}).get("signal", signal)
+        params = {k: v for k, v in extra.get(method, {}).items() if k != "signal"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = tune.run_tuning(df, models=casc, method=method, benchmark=benchmark, signal=sig, params=params)
+        run_id = None
+        if tracking is not None:
+            run_id = tracking.log_tune(res.curve, res.summary, cascade=casc, method=method,
+                                       params=res.summary.get("params"), records_path=records_path, records_df=df,
+                                       parent_run_id=parent_id, tags={"cascade.demo_records": label})
+        rows.append({"records": label, "cascade": " -> ".join(casc), "k": len(casc), "method": method,
+                     "test_cost": res.curve["test_cost"].to_numpy(), "test_error": res.curve["test_error"].to_numpy(),
+                     "test_auc_own": res.summary["test_auc"], "seconds": res.summary["seconds"], "run_id": run_id})
+    return rows
+
+
+def comparison(rows: list[dict], reference: str = REFERENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per cascade: each method's AUC against the reference over their shared cost range; per length means."""
+    per = []
+    by = {(r["records"], r["cascade"], r["method"]): r for r in rows}
+    for (label, casc, method), r in by.items():
+        if method == reference or (label, casc, reference) not in by:
+            continue
+        ref = by[(label, casc, reference)]
+        cmp = evaluate.compare_curves(r["test_cost"], r["test_error"], ref["test_cost"], ref["test_error"])
+        per.append({"records": label, "cascade": casc, "k": r["k"], "method": method, "auc": cmp.auc_a,
+                    "auc_ref": cmp.auc_b, "pct_change": cmp.pct_change})
+    per = pd.DataFrame(per)
+    summ = []
+    for (label, method), g in per.groupby(["records", "method"], sort=False):
+        for name, sel in (("k=2", g.k == 2), ("k>=3", g.k >= 3), ("all", g.k >= 2)):
+            part = g[sel]
+            if part.empty:
+                continue
+            summ.append({"records": label, "method": method, "cascades": name, "n": len(part),
+                         "mean_%_vs_" + reference: part.pct_change.mean(),
+                         "wilcoxon_p": evaluate.wilcoxon_less(part.pct_change)})
+    return per, pd.DataFrame(summ)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(SCORE_CONFIG), help="scoring config (default: the MMLU tiny-model slice)")
+    ap.add_argument("--limit", type=int, help="override the scoring config's limit (queries per split)")
+    ap.add_argument("--out", help="scoring output folder (default: the config's)")
+    ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db")
+    ap.add_argument("--experiment", default="cascade-eval-demo")
+    ap.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    ap.add_argument("--max-chain", type=int, default=len(LLAMA_CHAIN),
+                    help="use the first N models of the example llama chain (default: all 5, 26 cascades)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    progress = not args.no_progress
+    t_start = time.perf_counter()
+
+    from cascade.config import load_config
+
+    cfg = load_config(args.config)
+    upd = {}
+    if args.limit:
+        upd["limit"] = args.limit
+    if args.out:
+        upd["out"] = str(Path(args.out).resolve())
+    if upd:
+        cfg = load_config(cfg.model_copy(update=upd))
+
+    tracking = None
+    if not args.no_tracking:
+        import tracking as tracking_mod
+
+        tracking = tracking_mod
+        uri = tracking.tracking_uri(args.tracking_uri)
+        tracking.check_reachable(uri)  # fail before any work if the store cannot be written
+
+    # 1. score (records are written shard by shard before anything is logged)
+    print(f"[1/3] scoring {', '.join(st.name for st in cfg.stages)} on "
+          f"{', '.join(b.name for b in cfg.benchmarks)} (local Ray, CPU) -> {cfg.out}", flush=True)
+    from jobs.score import run as score_run
+
+    stats = score_run(cfg, progress=progress)
+    import json
+
+    stats["config"] = json.loads(cfg.model_dump_json())
+    (Path(stats["out_dir"]) / "score_stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    print(f"      {stats['scored_records']} records scored, {stats['skipped_shards']} finished shards skipped, "
+          f"{stats['seconds']:.0f}s", flush=True)
+    tiny = records.load(stats["out_dir"])
+    bench = sorted(tiny["benchmark"].unique())[0]
+    acc = tiny[tiny.split == "test"].groupby("model")["correct"].mean()
+    print("      test accuracy: " + ", ".join(f"{m} {a:.1%}" for m, a in acc.items()), flush=True)
+
+    # 2 + 3. tune and log
+    parent_id = None
+    ctx = None
+    if tracking is not None:
+        ctx = tracking.parent_run(args.experiment, "demo", uri=args.tracking_uri,
+                                  params={"score_config": str(Path(args.config).resolve()),
+                                          "example_results": str(EXAMPLE_RESULTS), "methods": METHODS + ["margin"],
+                                          "reference": REFERENCE})
+        parent = ctx.__enter__()
+        parent_id = parent.info.run_id
+    try:
+        if tracking is not None:
+            tracking.log_scoring(stats, config=stats["config"], config_path=args.config, parent_run_id=parent_id)
+        print(f"[2/3] tuning {len(METHODS) + 1} methods on the tiny-model records and {len(METHODS)} methods on "
+              f"every cascade of {args.max_chain} example models", flush=True)
+        tiny_chain = [st.name for st in cfg.stages]
+        rows = _tune_all(tiny, f"{bench} (tiny models)", tiny_chain, METHODS + ["margin"], "conf_mean_logprob", bench,
+                         Path(stats["out_dir"]), parent_id, tracking, progress,
+                         extra={"margin": {"signal": "conf_top2_margin"}})
+        example = records.load(EXAMPLE_RESULTS)
+        rows += _tune_all(example, "medmcqa (example results)", LLAMA_CHAIN[:args.max_chain], METHODS, "confidence",
+                          "medmcqa", EXAMPLE_RESULTS, parent_id, tracking, progress)
+        per, summ = comparison(rows)
+        if tracking is not None:
+            import mlflow
+
+            mlflow.log_table(per, artifact_file="comparison_per_cascade.json")
+            mlflow.log_table(summ, artifact_file="comparison_summary.json")
+            for _, r in summ.iterrows():
+                key = f"{r['records'].split()[0]}.{r['method']}.{r['cascades']}.mean_pct_vs_{REFERENCE}"
+                val = r["mean_%_vs_" + REFERENCE]
+                if np.isfinite(val):
+                    mlflow.log_metric(key.replace(">=", "ge").replace("=", ""), float(val))
+    finally:
+        if ctx is not None:
+            ctx.__exit__(*sys.exc_info())
+
+    # 4. report
+    pd.set_option("display.width", 160)
+    print("\n[3/3] AUC (mean test error over the shared cost range) % change against "
+          f"{REFERENCE}; negative = better than {REFERENCE}; one-sided paired Wilcoxon")
+    print(summ.to_string(index=False, float_format=lambda v: f"{v:+.3f}" if abs(v) < 100 else f"{v:.3g}"))
+    tiny_per = per[per.records.str.contains("tiny")]
+    if not tiny_per.empty:
+        print("\ntiny-model cascade (both models are near chance on MMLU, so this proves the plumbing, not the science):")
+        print(tiny_per[["cascade", "method", "auc", "auc_ref", "pct_change"]].to_string(
+            index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\ndone in {time.perf_counter() - t_start:.0f}s")
+    if tracking is not None:
+        uri = tracking.tracking_uri(args.tracking_uri)
+        print(f"MLflow: experiment {args.experiment!r}, parent run {parent_id} with "
+              f"{len(rows) + 1} nested runs, in {uri}")
+        if uri.startswith("sqlite:///"):
+            print(f"open the UI:  {ROOT / '.venv' / 'bin' / 'mlflow'} ui --backend-store-uri {uri} --port 5000   "
+                  "then browse http://127.0.0.1:5000")
+        else:
+            print(f"open the UI:  {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as e:  # a clear one-line error for what a user can fix
+        from cascade.config import ConfigError
+        from cascade.records import RecordsError
+
+        if isinstance(e, (ConfigError, RecordsError, ValueError, FileNotFoundError)):
+            print(f"demo: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if type(e).__name__ == "TrackingUnavailable":
+            print(f"demo: {e}; scored records (if any) are kept; rerun with --no-tracking or fix the store",
+                  file=sys.stderr)
+            sys.exit(3)
+        raise
