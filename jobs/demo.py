@@ -82,8 +82,8 @@ def comparison(rows: list[dict], reference: str = REFERENCE) -> tuple[pd.DataFra
             if part.empty:
                 continue
             summ.append({"records": label, "method": method, "cascades": name, "n": len(part),
-                         "mean_%_vs_" + reference: part.pct_change.mean(),
-                         "wilcoxon_p": evaluate.wilcoxon_less(part.pct_change)})
+                         "mean_%_vs_" + reference: part["pct_change"].mean(),
+                         "wilcoxon_p": evaluate.wilcoxon_less(part["pct_change"])})
     return per, pd.DataFrame(summ)
 
 

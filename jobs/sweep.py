@@ -83,7 +83,9 @@ def add_args(ap) -> None:
                                            "else sqlite:///<repo>/mlflow.db)")
     ap.add_argument("--experiment", help="override the spec's experiment")
     ap.add_argument("--cpus-per-cell", type=float, default=0.5, help="Ray CPUs per cell task (default 0.5)")
-    ap.add_argument("--max-in-flight", type=int, default=4, help="cells submitted to Ray at once")
+    ap.add_argument("--jobs", "--max-in-flight", dest="max_in_flight", type=int, default=4,
+                    help="cells submitted to Ray at once (default 4)")
+    ap.add_argument("--out", help="override the spec's `out` folder (per-cell curve.parquet/summary.json)")
     ap.add_argument("--no-progress", action="store_true")
 
 
@@ -104,6 +106,8 @@ def run(args) -> int:
     from cascade import sweep as S
 
     spec = S.load_spec(args.spec)
+    if getattr(args, "out", None):
+        spec = spec.model_copy(update={"out": str(Path(args.out).resolve())})
     experiment = args.experiment or spec.experiment
     uri = tracking.tracking_uri(args.tracking_uri)
     tracking.check_reachable(uri)
@@ -132,9 +136,11 @@ def run(args) -> int:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
     done: dict[str, str] = {}
+    # a dry run touches nothing: opening a SQLite store that does not exist yet would create it
+    missing_db = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+    client = None if (missing_db and args.dry_run) else mlflow.MlflowClient()
+    exp = None if client is None else client.get_experiment_by_name(experiment)
     if exp is not None:
         for run_ in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
                                        max_results=50000):
@@ -152,6 +158,7 @@ def run(args) -> int:
         return 0
 
     exp_id = tracking.configure(uri, experiment)
+    client = client or mlflow.MlflowClient()
     sweep_key = _sweep_key(spec)
     # runs a killed driver left RUNNING for a cell are marked KILLED (the cell is redone)
     for run_ in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=50000):
