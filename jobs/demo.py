@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config)
     upd = {}
-    if args.limit:
+    if args.limit:  # the per-benchmark limit wins over the top-level one, so set both
         upd["limit"] = args.limit
+        upd["benchmarks"] = [b.model_copy(update={"limit": args.limit}) for b in cfg.benchmarks]
     if args.out:
         upd["out"] = str(Path(args.out).resolve())
     if upd:
@@ -130,9 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     stats["config"] = json.loads(cfg.model_dump_json())
-    (Path(stats["out_dir"]) / "score_stats.json").write_text(json.dumps(stats, indent=2, default=str))
     print(f"      {stats['scored_records']} records scored, {stats['skipped_shards']} finished shards skipped, "
           f"{stats['seconds']:.0f}s", flush=True)
+    stats_file = Path(stats["out_dir"]) / "score_stats.json"
+    if stats["scored_records"] == 0 and stats_file.exists():
+        # every shard was already scored: log the run that scored them (its throughput), not this empty rerun
+        prev = json.loads(stats_file.read_text())
+        if prev.get("scored_records"):
+            stats = {**prev, "rerun_skipped_shards": stats["skipped_shards"]}
+    else:
+        stats_file.write_text(json.dumps(stats, indent=2, default=str))
     tiny = records.load(stats["out_dir"])
     bench = sorted(tiny["benchmark"].unique())[0]
     acc = tiny[tiny.split == "test"].groupby("model")["correct"].mean()
@@ -153,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
             tracking.log_scoring(stats, config=stats["config"], config_path=args.config, parent_run_id=parent_id)
         print(f"[2/3] tuning {len(METHODS) + 1} methods on the tiny-model records and {len(METHODS)} methods on "
               f"every cascade of {args.max_chain} example models", flush=True)
+        for m in ("scorer", "router"):
+            try:
+                from cascade.baselines.text import load_encoder
+
+                load_encoder()
+                print(f"      {m}: text encoder available, but the demo does not run the learned baselines "
+                      "(they need per-query text features: `cascade study`, docs/baselines.md)", flush=True)
+            except ImportError:
+                print(f"      {m}: skipped (optional text deps missing: pip install 'cascade-eval[text]')", flush=True)
         tiny_chain = [st.name for st in cfg.stages]
         rows = _tune_all(tiny, f"{bench} (tiny models)", tiny_chain, METHODS + ["margin"], "conf_mean_logprob", bench,
                          Path(stats["out_dir"]), parent_id, tracking, progress,

@@ -12,7 +12,12 @@ Under ``ray job submit --working-dir . -- python -m jobs.sweep SPEC.yaml --track
 runs in a temporary copy of the repository, so give an absolute tracking URI (an absolute
 ``sqlite:////...`` path on a shared disk or an ``http://`` MLflow server) and records paths that exist on
 the cluster (relative paths in the spec resolve against the uploaded copy).
-Exit status: 0 done, 2 bad spec, 3 cells ran but some could not be logged (their outputs are on disk).
+Token auth (Ray 2.60): the job inherits the cluster's ``RAY_AUTH_MODE``/token; the submitting shell needs
+``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``). See docs/operations.md.
+Options: ``--dry-run``, ``--tracking-uri``, ``--experiment``, ``--out``, ``--jobs N`` (cells in flight),
+``--cpus-per-cell`` (default 0.5), ``--no-progress``.
+Exit status: 0 done, 2 bad spec, 3 some cells failed or could not be logged (outputs of logged-or-not cells
+are on disk).
 """
 
 from __future__ import annotations
@@ -123,6 +128,16 @@ def run(args) -> int:
             print(f"scoring {r.name}: {r.score}", flush=True)
             stats = score_run(r.score, progress=not args.no_progress)
             print(f"  {stats['scored_records']} records scored, {stats['skipped_shards']} shards skipped", flush=True)
+            if stats.get("scored_records"):  # a rerun that scored nothing logs nothing
+                try:
+                    tracking.configure(uri, args.experiment or spec.experiment)
+                    import yaml
+
+                    tracking.log_scoring(stats, config=yaml.safe_load(Path(r.score).read_text()),
+                                         config_path=r.score, run_name=f"score {r.name}",
+                                         tags={"cascade.records": r.name})
+                except tracking.TrackingUnavailable as e:
+                    print(f"  scoring not logged ({e}); `cascade log` can log it later", file=sys.stderr)
     if args.dry_run and any(r.score is not None and not Path(S.records_path(r)).exists() for r in spec.records):
         fps = {r.name: "not-scored-yet" for r in spec.records
                if r.score is not None and not Path(S.records_path(r)).exists()}

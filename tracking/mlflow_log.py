@@ -226,11 +226,65 @@ def _log_records_input(records_df: pd.DataFrame | None, source: str | None, name
             mlflow.log_input(ds, context=split)
 
 
-def log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method: str, params: dict | None = None,
-             records_path: str | os.PathLike | None = None, records_df: pd.DataFrame | None = None,
-             cell_key: str | None = None, parent_run_id: str | None = None, tags: dict | None = None,
-             run_name: str | None = None, extra_params: dict | None = None, extra_metrics: dict | None = None) -> str:
-    """One tuning run (a cascade x method x sample size x seed): params, metrics, curve, plot, lineage."""
+def _store_errors() -> tuple:
+    """Exceptions that mean the store failed (not a bug in the caller)."""
+    errs: list = [OSError, ConnectionError, TimeoutError]
+    with contextlib.suppress(ImportError):
+        from mlflow.exceptions import MlflowException
+
+        errs.append(MlflowException)
+    with contextlib.suppress(ImportError):
+        import requests
+
+        errs.append(requests.exceptions.RequestException)
+    with contextlib.suppress(ImportError):
+        import sqlalchemy.exc
+
+        errs.append(sqlalchemy.exc.SQLAlchemyError)
+    return tuple(errs)
+
+
+@contextlib.contextmanager
+def _unavailable_on_store_error(what: str):
+    """Turn a store failure in the middle of logging into :class:`TrackingUnavailable`."""
+    import mlflow
+
+    try:
+        yield
+    except TrackingUnavailable:
+        raise
+    except _store_errors() as e:
+        raise TrackingUnavailable(f"logging {what} to {mlflow.get_tracking_uri()} failed: "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def log_tune(result, summary: dict | None = None, *, cascade: list[str] | None = None, method: str | None = None,
+             params: dict | None = None, records_path: str | os.PathLike | None = None,
+             records_df: pd.DataFrame | None = None, cell_key: str | None = None, parent_run_id: str | None = None,
+             tags: dict | None = None, run_name: str | None = None, extra_params: dict | None = None,
+             extra_metrics: dict | None = None) -> str:
+    """One tuning run (a cascade x method x sample size x seed): params, metrics, curve, plot, lineage.
+
+    ``result`` is a :class:`cascade.tune.TuneResult`, or a curve DataFrame with its ``summary`` dict as the
+    second argument (what ``cascade tune --out`` writes). ``cascade`` and ``method`` default to the summary's.
+    Call :func:`configure` (or :func:`parent_run`) first. Returns the run id.
+    """
+    if summary is None:
+        if not hasattr(result, "curve"):
+            raise TypeError("log_tune(result): pass a TuneResult, or a curve DataFrame and its summary dict")
+        curve, summary = result.curve, result.summary
+    else:
+        curve = result
+    cascade = list(cascade or summary["models"])
+    method = method or summary["method"]
+    with _unavailable_on_store_error(f"the tuning run {method} | {' -> '.join(cascade)}"):
+        return _log_tune(curve, summary, cascade=cascade, method=method, params=params, records_path=records_path,
+                         records_df=records_df, cell_key=cell_key, parent_run_id=parent_run_id, tags=tags,
+                         run_name=run_name, extra_params=extra_params, extra_metrics=extra_metrics)
+
+
+def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method: str, params: dict | None,
+              records_path, records_df, cell_key, parent_run_id, tags, run_name, extra_params, extra_metrics) -> str:
     import mlflow
 
     benchmark = summary.get("benchmark") or "unknown"
@@ -260,7 +314,8 @@ def log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method: 
         metrics = {"test_auc": summary.get("test_auc"), "seconds": summary.get("seconds"),
                    "n_points": len(curve), "fit_seconds": diag.get("fit_seconds"),
                    "tune_seconds": diag.get("tune_seconds"), **curve_metrics(curve),
-                   **_gof_metrics(summary.get("goodness_of_fit")), **(extra_metrics or {})}
+                   **_gof_metrics(summary.get("goodness_of_fit") or summary.get("gof")),
+                   **(extra_metrics or {})}
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if _finite(v)})
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -268,11 +323,14 @@ def log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method: 
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
             (tmp / "thresholds.json").write_text(json.dumps(
                 [list(map(float, t)) for t in curve["thresholds"]], indent=1) if "thresholds" in curve else "[]")
-            if diag.get("model"):
-                (tmp / "model.json").write_text(json.dumps(diag["model"], indent=2, default=str))
-            if summary.get("goodness_of_fit"):
-                (tmp / "goodness_of_fit.json").write_text(json.dumps(summary["goodness_of_fit"], indent=2,
-                                                                     default=str))
+            # the fitted model: the tuner's own (markov-copula's marginals and copulas) and the calibrators
+            (tmp / "model.json").write_text(json.dumps({
+                "method": method, "params": summary.get("params"), "model": diag.get("model"),
+                "calibrators": summary.get("calibrators"), "calibration": summary.get("calibration"),
+                "signal": summary.get("signal")}, indent=2, default=str))
+            gof = summary.get("goodness_of_fit") or summary.get("gof")
+            if gof:
+                (tmp / "goodness_of_fit.json").write_text(json.dumps(gof, indent=2, default=str))
             mlflow.log_artifacts(str(tmp))
         table = curve.copy()
         if "thresholds" in table:
@@ -307,12 +365,24 @@ def log_tune_dir(out_dir: str | os.PathLike, *, records_path=None, parent_run_id
                                                                           **(tags or {})})
 
 
-def log_scoring(stats: dict, *, config: dict | None = None, config_path: str | os.PathLike | None = None,
-                parent_run_id: str | None = None, run_name: str = "score", tags: dict | None = None) -> str:
-    """A scoring run: config as params, throughput and tokens as metrics, accuracy per stage, records lineage."""
+def log_scoring(stats: dict, records_dir: str | os.PathLike | None = None, config: dict | None = None, *,
+                config_path: str | os.PathLike | None = None, parent_run_id: str | None = None,
+                run_name: str = "score", tags: dict | None = None) -> str:
+    """A scoring run: config as params, throughput and tokens as metrics, accuracy per stage, records lineage.
+
+    ``stats`` is the summary ``jobs.score.run`` returns (its ``out_dir`` is the records folder unless
+    ``records_dir`` is given); ``config`` the scoring config as a dict (default: ``stats["config"]``).
+    Call :func:`configure` (or :func:`parent_run`) first. Returns the run id.
+    """
+    with _unavailable_on_store_error("the scoring run"):
+        return _log_scoring(stats, records_dir, config if config is not None else stats.get("config"),
+                            config_path=config_path, parent_run_id=parent_run_id, run_name=run_name, tags=tags)
+
+
+def _log_scoring(stats: dict, records_dir, config, *, config_path, parent_run_id, run_name, tags) -> str:
     import mlflow
 
-    out_dir = Path(stats["out_dir"])
+    out_dir = Path(records_dir or stats["out_dir"])
     from cascade import records as R
 
     try:
@@ -337,6 +407,10 @@ def log_scoring(stats: dict, *, config: dict | None = None, config_path: str | o
             for k in ("queries_per_s", "output_tokens_per_s", "input_tokens", "output_tokens", "ptrue_input_tokens",
                       "ptrue_output_tokens", "accelerator_seconds", "load_seconds", "retries"):
                 metrics[f"{name}.{k}"] = st.get(k)
+        for k in ("input_tokens", "output_tokens", "ptrue_input_tokens", "ptrue_output_tokens"):
+            vals = [st.get(k) for st in (stats.get("stages") or {}).values() if _finite(st.get(k))]
+            if vals:
+                metrics[f"total_{k}"] = sum(vals)
         if df is not None:
             for (bench, split, model), acc in df.groupby(["benchmark", "split", "model"])["correct"].mean().items():
                 metrics[f"{model}.{bench}.{split}.accuracy"] = acc

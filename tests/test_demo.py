@@ -1,0 +1,53 @@
+"""jobs.demo: the comparison table (fast) and an end-to-end smoke run on a tiny slice (slow: real models)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs import demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(label, casc, method, err):
+    cost = np.linspace(1.0, 10.0, 5)
+    return {"records": label, "cascade": casc, "k": casc.count("->") + 1, "method": method,
+            "test_cost": cost, "test_error": np.asarray(err, float)}
+
+
+def test_comparison_table_against_reference():
+    rows = [_row("r", "a -> b", "bayes-opt", [0.5, 0.4, 0.3, 0.2, 0.1]),
+            _row("r", "a -> b", "markov-copula", [0.45, 0.36, 0.27, 0.18, 0.09]),
+            _row("r", "a -> b -> c", "bayes-opt", [0.5, 0.4, 0.3, 0.2, 0.1]),
+            _row("r", "a -> b -> c", "markov-copula", [0.5, 0.4, 0.3, 0.2, 0.1])]
+    per, summ = demo.comparison(rows, reference="bayes-opt")
+    assert set(per["method"]) == {"markov-copula"}
+    got = per.set_index("cascade")["pct_change"]
+    assert got["a -> b"] == pytest.approx(-10.0, abs=1e-6) and got["a -> b -> c"] == pytest.approx(0.0, abs=1e-9)
+    assert set(summ["cascades"]) == {"k=2", "k>=3", "all"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_demo_smoke(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = demo.main(["--limit", "8", "--out", str(tmp_path / "scored"), "--max-chain", "2", "--no-progress",
+                    "--tracking-uri", uri, "--experiment", "demo-smoke"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "AUC" in out and "mlflow ui --backend-store-uri" in out
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("demo-smoke")
+    runs = client.search_runs([exp.experiment_id])
+    kinds = [r.data.tags.get("cascade.kind") for r in runs]
+    # parent, scoring, 5 methods on the tiny pair, 4 methods on the one example cascade
+    assert kinds.count("parent") == 1 and kinds.count("score") == 1 and kinds.count("tune") == 9
