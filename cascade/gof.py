@@ -126,7 +126,7 @@ def copula_test(xi, xj, *, n_boot: int = 100, rng=None, max_points: int = 1500) 
         if theta > 1.0:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                s = GumbelCopula(theta).rvs(n, random_state=rng)
+                s = GumbelCopula(theta).rvs(n, rng=rng)
         else:
             s = rng.random((n, 2))
         bu, bv = _pseudo(s[:, 0]), _pseudo(s[:, 1])

@@ -309,7 +309,7 @@ class PairModel:
             if self.cop_ is None:
                 uv = rng.random((m, 2))
             else:
-                uv = np.asarray(self.cop_.rvs(m, random_state=rng))
+                uv = np.asarray(self.cop_.rvs(m, rng=rng))
             xi[both] = _inverse_cdf(self.mi, uv[:, 0])
             xj[both] = _inverse_cdf(self.mj, uv[:, 1])
         return xi, xj
@@ -657,7 +657,14 @@ class MarkovCopulaTuner(Tuner):
             lams.append(lam)
         n_solved = len(path)
         path = fill_gaps(path, conf, self.max_gap)
-        preds = self.model_.expected_batch(np.array(path), self.costs_)
+        # the predictions reported for the curve come from the exact closed forms, whichever integration
+        # drove the optimiser: the release's interpolated tables overestimate E[correct] near the top of
+        # the box (up to E[correct] > 1 where calibrated confidences pile up just below 1)
+        integration, self.model_.integration = self.model_.integration, "exact"
+        try:
+            preds = self.model_.expected_batch(np.array(path), self.costs_)
+        finally:
+            self.model_.integration = integration
         self.thresholds_ = path
         self.lambdas_ = lams
         self.train_error_ = 1.0 - preds["correct"]

@@ -173,7 +173,7 @@ def validate(df: pd.DataFrame, *, prices: PriceTable | None = None, source: str 
     if c.dtype == bool:
         df["correct"] = c.astype(np.float64)
     else:
-        if c.dtype == object:
+        if not pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c):
             c = c.map(lambda v: {"true": 1.0, "false": 0.0}.get(str(v).strip().lower(), v))
         s = pd.to_numeric(c, errors="coerce")
         nan = s.isna()
@@ -269,7 +269,7 @@ def write_part(table: pa.Table, path: str | os.PathLike) -> Path:
 def existing_groups(store: str | os.PathLike) -> set[tuple[str, str]]:
     """(benchmark, model) pairs already in a store, read from the files themselves."""
     store = Path(store)
-    if not store.exists():
+    if not store.exists() or not parquet_files(store):
         return set()
     df = load(store, columns=["benchmark", "model"])
     return set(map(tuple, df.drop_duplicates().itertuples(index=False, name=None)))
@@ -300,8 +300,12 @@ def write_records(df: pd.DataFrame, store: str | os.PathLike, *, overwrite: bool
         for bench, model in groups:
             folder = store / _safe(bench) / _safe(model)
             if folder.exists() and overwrite:
+                # only files holding this (benchmark, model): sanitised folder names can collide
+                # ("org/m" and "org_m"), and another model's records must never be deleted
                 for old in folder.glob("*.parquet"):
-                    old.unlink()
+                    got = pq.read_table(old, columns=["benchmark", "model"]).to_pandas().drop_duplicates()
+                    if len(got) == 1 and (got.iloc[0]["benchmark"], got.iloc[0]["model"]) == (bench, model):
+                        old.unlink()
         for tmp, final in staged:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)

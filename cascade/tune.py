@@ -137,7 +137,7 @@ def curve_frame(method: str, models: list[str], thresholds: list, train_error, t
         "test_cost": scored["cost"].to_numpy(),
     })
     for j, m in enumerate(models):
-        df[f"share_{j}"] = scored[f"share_{j}"].to_numpy()
+        df[f"share_{m}"] = scored[f"share_{j}"].to_numpy()
     return df
 
 

@@ -95,12 +95,8 @@ def test_tune_writes_curve_and_summary(tuned, store, method):
     ("unknown-benchmark", ["--models", K3, "--benchmark", "nosuch"]),
     ("unknown-signal", ["--models", K3, "--signal", "conf_nosuch"]),
     ("bad-param", ["--models", K3, "--param", "nosuchparam"]),
-    pytest.param("unknown-model-in-chain", ["--models", f"{CHAIN[0]},{CHAIN[1]},nosuch-model", "--all-cascades"],
-                 marks=pytest.mark.xfail(strict=True, reason="bug: run_tune writes each cascade's outputs before "
-                                         "tuning the next, so a later bad cascade leaves earlier ones on disk")),
-    pytest.param("single-model-chain", ["--models", CHAIN[0], "--all-cascades"],
-                 marks=pytest.mark.xfail(strict=True, reason="bug: --all-cascades with one model tunes nothing and "
-                                         "exits 0; raise ValueError when cascades_of() is empty")),
+    ("unknown-model-in-chain", ["--models", f"{CHAIN[0]},{CHAIN[1]},nosuch-model", "--all-cascades"]),
+    ("single-model-chain", ["--models", CHAIN[0], "--all-cascades"]),
 ])
 def test_tune_bad_input_exits_2_and_writes_nothing(store, tmp_path, capsys, case, extra):
     out = tmp_path / "out"

@@ -159,8 +159,6 @@ def test_good_input_round_trips_with_infinite_confidences(tmp_path, capsys, fmt)
     assert not [p for p in out.rglob(".*")]  # no staging folders or temp files left behind
 
 
-@pytest.mark.xfail(strict=True, reason="bug: records.existing_groups calls load() on a folder with no .parquet "
-                   "files, which raises 'holds no records'; return set() when parquet_files(store) is empty")
 def test_into_an_existing_empty_folder(tmp_path, capsys):
     """`--out` names a folder the user created beforehand (mkdir results): nothing to clash with."""
     out = tmp_path / "store"
@@ -222,8 +220,6 @@ def test_another_model_adds_to_the_store(tmp_path, capsys):
     assert sorted(records.load(out)["model"].unique()) == ["large", "medium", "small"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: records.validate maps true/false only when correct.dtype == object; "
-                   "pandas 3 reads strings with the 'str' dtype; test not is_numeric_dtype instead")
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_correct_as_true_false_strings_is_accepted(tmp_path, capsys, fmt):
     """validate() documents 'use true/false or a number'; a string column must be mapped, not rejected."""
@@ -238,9 +234,6 @@ def test_correct_as_true_false_strings_is_accepted(tmp_path, capsys, fmt):
     assert set(back["correct"].unique()) <= {0.0, 1.0} and back["correct"].dtype == np.float64
 
 
-@pytest.mark.xfail(strict=True, reason="bug: write_records --overwrite deletes every part file in the sanitised "
-                   "folder (_safe('org/m') == 'org_m'), i.e. another model's records; delete only files holding "
-                   "this (benchmark, model), or make folder names injective")
 def test_overwrite_replaces_only_the_named_model_even_if_folder_names_collide(tmp_path, capsys):
     out = tmp_path / "store"
     a = _frame()

@@ -232,12 +232,14 @@ def test_sample_reproduces_the_fitted_pair_law(monkeypatch):
 # k=5 0.053/0.128. The largest gaps sit at the expensive end (lambda ~ 0), where L-BFGS-B picks the
 # thresholds that maximise the model's own E[correct] (optimism of the argmax), and, for the table, where
 # calibrated confidences pile up just below 1 and the 20-point linear grid cannot follow E[X 1{X > t} | A].
+# (Since the tuner reports exact-closed-form predictions whichever integration drove the optimiser, the table
+# rows now measure only the table-driven threshold choice; the looser table tolerance is kept as a ceiling.)
 TRAIN_CURVE_TOL = {"exact": (0.035, 0.06, 0.05), "table": (0.06, 0.14, 0.05)}  # mean err, max err, mean cost
 
 
 @pytest.mark.parametrize("integration,k", [
     ("exact", 2), ("exact", 3), ("exact", 5), ("table", 2), ("table", 3),
-    pytest.param("table", 5, marks=pytest.mark.xfail(strict=True, reason=TABLE_BUG + " (predicted error -0.038)"))])
+    ("table", 5)])
 def test_predicted_train_curve_tracks_the_empirical_one(k, integration):
     """The model's predicted (train) error and cost along its own curve, against the values measured on the
     same training split (300 queries)."""

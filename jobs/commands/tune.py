@@ -179,9 +179,11 @@ def run_tune(args) -> int:
         train = df[df["split"] == args.train_split]
         params.setdefault("stop_reference", "chain")
         params.setdefault("reference_cost", float(train.groupby("model")["cost"].mean().min() * tune.COST_SCALE))
+    if len(models) < 2:
+        raise ValueError(f"--models {args.models!r}: a cascade needs at least two models, e.g. --models small,large")
     cascades = cascades_of(models) if args.all_cascades else [models]
     out = Path(args.out)
-    rows, written = [], []
+    rows, written, results = [], [], []
     for casc in cascades:
         res = tune.run_tuning(
             df, models=casc, method=args.method, benchmark=args.benchmark, train_split=args.train_split,
@@ -197,10 +199,13 @@ def run_tune(args) -> int:
                                                         n_boot=args.gof_bootstrap, seed=args.seed)
             print(f"goodness of fit, {' -> '.join(casc)}:\n{gof.format_report(res.summary['goodness_of_fit'])}")
         target = out / "-".join(casc) if args.all_cascades else out
-        write_outputs(target, res.curve, res.summary)
-        written.append(target)
+        results.append((target, res))
         rows.append({"cascade": " -> ".join(casc), "k": len(casc), "points": len(res.curve),
                      "test_auc": res.summary["test_auc"], "seconds": res.summary["seconds"]})
+    # every cascade is tuned before anything is written: a bad cascade leaves no partial output
+    for target, res in results:
+        write_outputs(target, res.curve, res.summary)
+        written.append(target)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(cascades)} curve(s) under {out}")
