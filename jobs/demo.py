@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     pd.set_option("display.width", 160)
     print("\n[3/3] AUC (mean test error over the shared cost range) % change against "
           f"{REFERENCE}; negative = better than {REFERENCE}; one-sided paired Wilcoxon")
-    print(summ.to_string(index=False, float_format=lambda v: f"{v:+.3f}" if abs(v) < 100 else f"{v:.3g}"))
+    shown = summ.copy()
+    pct_col = [c for c in shown.columns if c.startswith("mean_%")][0]
+    shown[pct_col] = shown[pct_col].map(lambda v: f"{v:+.3f}")
+    shown["wilcoxon_p"] = shown["wilcoxon_p"].map(lambda v: "n/a" if not np.isfinite(v) else f"{v:.2g}")
+    print(shown.to_string(index=False))
     tiny_per = per[per.records.str.contains("tiny")]
     if not tiny_per.empty:
         print("\ntiny-model cascade (both models are near chance on MMLU, so this proves the plumbing, not the science):")
