@@ -115,7 +115,7 @@ class ScoreConfig(_Strict):
         return b.data_dir if b.data_dir is not None else self.data_dir
 
 
-def _fmt(e: ValidationError) -> str:
+def format_validation_error(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "config"
@@ -124,6 +124,20 @@ def _fmt(e: ValidationError) -> str:
             msg = "unknown field; remove it or check its spelling"
         lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
+
+
+def read_yaml(path: str | os.PathLike, error: type[ValueError] = ConfigError, what: str = "config") -> dict:
+    """A YAML file holding a mapping, or ``error`` naming the file and what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: no such {what} file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a mapping at the top level")
+    return raw
 
 
 def load_config(src: str | os.PathLike | dict | ScoreConfig) -> ScoreConfig:
@@ -135,20 +149,12 @@ def load_config(src: str | os.PathLike | dict | ScoreConfig) -> ScoreConfig:
         if isinstance(src, dict):
             raw = src
         else:
-            path = Path(src)
-            if not path.exists():
-                raise ConfigError(f"{path}: no such config file")
-            try:
-                raw = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML: {e}") from None
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{path}: expected a mapping at the top level")
-            base = path.resolve().parent
+            raw = read_yaml(src)
+            base = Path(src).resolve().parent
         try:
             cfg = ScoreConfig.model_validate(raw)
         except ValidationError as e:
-            raise ConfigError(f"invalid config: {_fmt(e)}") from None
+            raise ConfigError(f"invalid config: {format_validation_error(e)}") from None
         cfg = _resolve_paths(cfg, base)
     check(cfg)
     return cfg

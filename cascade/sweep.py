@@ -31,10 +31,10 @@ from typing import Literal, Union
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import protocol, tune
+from .config import format_validation_error, read_yaml
 from .records import fingerprint
 
 
@@ -111,37 +111,18 @@ class SweepSpec(_Strict):
         return v
 
 
-def _fmt(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "spec"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
-        lines.append(f"{loc}: {msg}")
-    return "; ".join(lines)
-
-
 def load_spec(src: str | os.PathLike | dict) -> SweepSpec:
     """Parse and validate a sweep spec (YAML path or dict); relative paths are relative to the spec file."""
     base = Path.cwd()
     if isinstance(src, dict):
         raw = src
     else:
-        path = Path(src)
-        if not path.exists():
-            raise SpecError(f"{path}: no such sweep spec")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise SpecError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise SpecError(f"{path}: expected a mapping at the top level")
-        base = path.resolve().parent
+        raw = read_yaml(src, SpecError, "sweep spec")
+        base = Path(src).resolve().parent
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"invalid sweep spec: {_fmt(e)}") from None
+        raise SpecError(f"invalid sweep spec: {format_validation_error(e)}") from None
 
     def res(p):
         if p is None:
