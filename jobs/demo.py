@@ -126,21 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[1/3] scoring {', '.join(st.name for st in cfg.stages)} on "
           f"{', '.join(b.name for b in cfg.benchmarks)} (local Ray, CPU) -> {cfg.out}", flush=True)
     from jobs.score import run as score_run
+    from jobs.score import save_stats
 
     stats = score_run(cfg, progress=progress)
-    import json
-
-    stats["config"] = json.loads(cfg.model_dump_json())
     print(f"      {stats['scored_records']} records scored, {stats['skipped_shards']} finished shards skipped, "
           f"{stats['seconds']:.0f}s", flush=True)
-    stats_file = Path(stats["out_dir"]) / "score_stats.json"
-    if stats["scored_records"] == 0 and stats_file.exists():
-        # every shard was already scored: log the run that scored them (its throughput), not this empty rerun
-        prev = json.loads(stats_file.read_text())
-        if prev.get("scored_records"):
-            stats = {**prev, "rerun_skipped_shards": stats["skipped_shards"]}
-    else:
-        stats_file.write_text(json.dumps(stats, indent=2, default=str))
+    stats = save_stats(stats, cfg)  # on a rerun that scored nothing: the stats of the run that did
     tiny = records.load(stats["out_dir"])
     bench = sorted(tiny["benchmark"].unique())[0]
     acc = tiny[tiny.split == "test"].groupby("model")["correct"].mean()

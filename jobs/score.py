@@ -26,7 +26,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 
 from cascade import benchmarks as B
@@ -404,6 +403,23 @@ def _execute(cfg, ray, todo, stats, need_judge, judge_benchmarks, run_id, *, pro
                     ray.kill(a)
                 except Exception:
                     pass
+
+
+def save_stats(stats: dict, cfg: ScoreConfig) -> dict:
+    """Write a run's stats (with its config) to ``<out>/score_stats.json`` next to the records (not a
+    .parquet file, so readers of the store ignore it; ``cascade log OUT`` logs it later). Returns the
+    stats worth logging: when this run scored nothing (every shard was already done), those of the run
+    that scored the records, so a rerun does not replace real throughput with an empty one."""
+    import json
+
+    stats = {**stats, "config": json.loads(cfg.model_dump_json())}
+    path = Path(stats["out_dir"]) / "score_stats.json"
+    if stats["scored_records"] == 0 and path.exists():
+        prev = json.loads(path.read_text())
+        if prev.get("scored_records"):
+            return {**prev, "rerun_skipped_shards": stats["skipped_shards"]}
+    path.write_text(json.dumps(stats, indent=2, default=str))
+    return stats
 
 
 if __name__ == "__main__":  # python -m jobs.score CONFIG.yaml [options]

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from ..evaluate import pareto_mask, route, score_routing
+from ..evaluate import pareto_mask, route
 from ..records import CascadeData
 from ..tune import Tuner, register, threshold_bounds
 

@@ -47,15 +47,10 @@ def _main(args) -> int:
         n = sum(len(v) for v in per_split.values())
         print(f"config ok: {n} queries x {len(cfg.stages)} stage(s), {sum(len(v) for v in shards.values())} shards -> {cfg.out}")
         return 0
-    from jobs.score import run
+    from jobs.score import run, save_stats
 
     stats = run(cfg, progress=False if args.no_progress else None)
-    # the run's stats next to the records (never a .parquet file, so readers of the store ignore it);
-    # `cascade log OUT` can log them later
-    from pathlib import Path
-
-    stats["config"] = json.loads(cfg.model_dump_json())
-    (Path(stats["out_dir"]) / "score_stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    logged = save_stats(stats, cfg)
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
@@ -71,7 +66,7 @@ def _main(args) -> int:
 
         try:
             tracking.configure(args.tracking_uri, args.experiment)
-            run_id = tracking.log_scoring(stats, config=stats["config"], config_path=args.config)
+            run_id = tracking.log_scoring(logged, config=logged["config"], config_path=args.config)
         except tracking.TrackingUnavailable as e:
             print(f"cascade score: tracking failed: {e}\n  the records are safe in {stats['out_dir']}; log them "
                   f"later with `cascade log {stats['out_dir']}`", file=sys.stderr)
