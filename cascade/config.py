@@ -160,12 +160,17 @@ def load_config(src: str | os.PathLike | dict | ScoreConfig) -> ScoreConfig:
     return cfg
 
 
+def resolve_path(p: str | None, base: Path) -> str | None:
+    """A config's path made absolute: ``~`` expanded, relative paths taken from ``base`` (the config's folder)."""
+    if p is None:
+        return None
+    q = Path(os.path.expanduser(p))
+    return str(q if q.is_absolute() else (base / q).resolve())
+
+
 def _resolve_paths(cfg: ScoreConfig, base: Path) -> ScoreConfig:
     def res(p):
-        if p is None:
-            return None
-        q = Path(os.path.expanduser(p))
-        return str(q if q.is_absolute() else (base / q).resolve())
+        return resolve_path(p, base)
 
     cfg = cfg.model_copy(deep=True)
     cfg.out = res(cfg.out)

@@ -34,7 +34,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import protocol, tune
-from .config import format_validation_error, read_yaml
+from .config import format_validation_error, read_yaml, resolve_path
 from .records import fingerprint
 
 
@@ -125,10 +125,7 @@ def load_spec(src: str | os.PathLike | dict) -> SweepSpec:
         raise SpecError(f"invalid sweep spec: {format_validation_error(e)}") from None
 
     def res(p):
-        if p is None:
-            return None
-        q = Path(os.path.expanduser(p))
-        return str(q if q.is_absolute() else (base / q).resolve())
+        return resolve_path(p, base)
 
     spec = spec.model_copy(deep=True)
     spec.out = res(spec.out)
