@@ -118,6 +118,7 @@ def run(args) -> int:
     tracking.check_reachable(uri)
 
     # scoring that feeds the sweep (a rerun skips finished shards)
+    scored: list = []
     for r in spec.records:
         if r.score is not None:
             if args.dry_run:
@@ -129,15 +130,10 @@ def run(args) -> int:
             stats = score_run(r.score, progress=not args.no_progress)
             print(f"  {stats['scored_records']} records scored, {stats['skipped_shards']} shards skipped", flush=True)
             if stats.get("scored_records"):  # a rerun that scored nothing logs nothing
-                try:
-                    tracking.configure(uri, args.experiment or spec.experiment)
-                    import yaml
+                from cascade.config import load_config
+                from jobs.score import save_stats
 
-                    tracking.log_scoring(stats, config=yaml.safe_load(Path(r.score).read_text()),
-                                         config_path=r.score, run_name=f"score {r.name}",
-                                         tags={"cascade.records": r.name})
-                except tracking.TrackingUnavailable as e:
-                    print(f"  scoring not logged ({e}); `cascade log` can log it later", file=sys.stderr)
+                scored.append((r, save_stats(stats, load_config(r.score))))  # logged under the sweep's parent
     if args.dry_run and any(r.score is not None and not Path(S.records_path(r)).exists() for r in spec.records):
         fps = {r.name: "not-scored-yet" for r in spec.records
                if r.score is not None and not Path(S.records_path(r)).exists()}
@@ -195,6 +191,13 @@ def run(args) -> int:
                                "sample_sizes": ",".join(map(str, spec.sample_sizes)),
                                "seeds": ",".join(map(str, spec.seeds))})
             mlflow.log_dict(json.loads(spec.model_dump_json()), "sweep_spec.json")
+        for r, stats in scored:
+            try:
+                tracking.log_scoring(stats, config=stats.get("config"), config_path=r.score, run_name=f"score {r.name}",
+                                     parent_run_id=parent_run.info.run_id, tags={"cascade.records": r.name})
+            except tracking.TrackingUnavailable as e:
+                print(f"  scoring not logged ({e}); `cascade log {stats['out_dir']}` can log it later",
+                      file=sys.stderr)
         ray = _ray_init()
         task = ray.remote(num_cpus=args.cpus_per_cell, max_retries=2)(_tune_cell)
         pending: dict = {}
