@@ -496,29 +496,37 @@ class MarkovCopulaModel:
     # -- Monte Carlo of the same fitted model (checks the closed forms) ----------------------
     def monte_carlo(self, thresholds, costs, n: int = 200_000, rng=None) -> dict:
         """E[correct] and E[cost] by simulation: the first model from its marginal, each step's
-        deferral and conditional correctness from samples of its pair law (the Markov assumption)."""
+        deferral and conditional correctness from samples of its pair law (the Markov assumption).
+        ``thresholds``: one vector (floats returned) or a (B, k-1) batch sharing one set of draws
+        (arrays returned)."""
         rng = np.random.default_rng(rng)
-        t = np.asarray(thresholds, float).reshape(-1)
+        T = np.atleast_2d(np.asarray(thresholds, float))
         C = np.cumsum(np.asarray(costs, float))
         k = self.k_
         x1 = self.marginals_[0].rvs(n, rng)
-        d = np.mean(x1 <= t[0])
-        e_correct = np.mean(x1 * (x1 > t[0]))
-        e_cost = (1 - d) * C[0]
-        D = d
-        for j in range(1, k):
-            xi, xj = self.pairs_[j - 1].sample(n, rng)
-            A = xi <= t[j - 1]
-            pA = max(A.mean(), 1e-300)
-            if j == k - 1:
-                e_correct += D * np.mean(xj * A) / pA
-                e_cost += D * C[j]
-            else:
-                dj = np.mean(A & (xj <= t[j])) / pA
-                e_correct += D * np.mean(xj * (xj > t[j]) * A) / pA
-                e_cost += D * (1 - dj) * C[j]
-                D *= dj
-        return {"correct": float(e_correct), "cost": float(e_cost)}
+        pairs = [self.pairs_[j - 1].sample(n, rng) for j in range(1, k)]
+        correct, cost = np.empty(len(T)), np.empty(len(T))
+        for b, t in enumerate(T):
+            d = np.mean(x1 <= t[0])
+            e_correct = np.mean(x1 * (x1 > t[0]))
+            e_cost = (1 - d) * C[0]
+            D = d
+            for j in range(1, k):
+                xi, xj = pairs[j - 1]
+                A = xi <= t[j - 1]
+                pA = max(A.mean(), 1e-300)
+                if j == k - 1:
+                    e_correct += D * np.mean(xj * A) / pA
+                    e_cost += D * C[j]
+                else:
+                    dj = np.mean(A & (xj <= t[j])) / pA
+                    e_correct += D * np.mean(xj * (xj > t[j]) * A) / pA
+                    e_cost += D * (1 - dj) * C[j]
+                    D *= dj
+            correct[b], cost[b] = e_correct, e_cost
+        if np.ndim(thresholds) < 2:
+            return {"correct": float(correct[0]), "cost": float(cost[0])}
+        return {"correct": correct, "cost": cost}
 
     def describe(self) -> dict:
         """Fitted parameters, JSON-able."""
