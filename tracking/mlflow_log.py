@@ -348,14 +348,14 @@ def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method:
         return run.info.run_id
 
 
-def log_tune_dir(out_dir: str | os.PathLike, *, records_path=None, parent_run_id: str | None = None,
-                 cell_key: str | None = None, tags: dict | None = None) -> str:
-    """Log a finished ``cascade tune --out DIR`` (curve.parquet + summary.json) after the fact."""
+def log_tune_dir(out_dir: str | os.PathLike, *, records_path=None, records_df: pd.DataFrame | None = None,
+                 parent_run_id: str | None = None, cell_key: str | None = None, tags: dict | None = None) -> str:
+    """Log a finished ``cascade tune --out DIR`` (curve.parquet + summary.json). ``records_df``: the records
+    already in memory (else they are read from ``records_path`` for the lineage)."""
     out_dir = Path(out_dir)
     curve = pd.read_parquet(out_dir / "curve.parquet")
     summary = json.loads((out_dir / "summary.json").read_text())
-    records_df = None
-    if records_path:
+    if records_df is None and records_path:
         from cascade import records as R
 
         records_df = R.load(records_path, benchmark=summary.get("benchmark"))

@@ -38,8 +38,18 @@ def run_log(args) -> int:
         experiment = args.experiment or bench
         with tracking.parent_run(experiment, f"log {d.name}", uri=args.tracking_uri,
                                  params={"command": "log", "dir": str(d.resolve())}) as parent:
+            loaded: dict = {}  # records read once per benchmark, not once per curve
             for s in summaries:
-                tracking.log_tune_dir(s.parent, records_path=args.results, parent_run_id=parent.info.run_id)
+                df = None
+                if args.results:
+                    from cascade import records
+
+                    b = json.loads(s.read_text()).get("benchmark")
+                    if b not in loaded:
+                        loaded[b] = records.load(args.results, benchmark=b)
+                    df = loaded[b]
+                tracking.log_tune_dir(s.parent, records_path=args.results, records_df=df,
+                                      parent_run_id=parent.info.run_id)
     except tracking.TrackingUnavailable as e:
         print(f"cascade log: {e}; nothing was logged, {d} is unchanged")
         return 3

@@ -100,11 +100,8 @@ def track_outputs(args, out_dirs: list[Path], benchmark: str, records_path, reco
                                  params={"command": "tune", "method": args.method, "records": str(records_path),
                                          "n_cascades": len(out_dirs)}) as parent:
             for d in out_dirs:
-                summary = json.loads((d / "summary.json").read_text())
-                tracking.log_tune(pd.read_parquet(d / "curve.parquet"), summary, cascade=list(summary["models"]),
-                                  method=summary["method"], params=summary.get("params"),
-                                  records_path=records_path, records_df=records_df,
-                                  parent_run_id=parent.info.run_id)
+                tracking.log_tune_dir(d, records_path=records_path, records_df=records_df,
+                                      parent_run_id=parent.info.run_id)
     except tracking.TrackingUnavailable as e:
         print(f"cascade tune: tracking failed: {e}\n  the results are safe under {args.out}; log them later with "
               f"`cascade log {args.out} --results {records_path}`", file=__import__("sys").stderr)
