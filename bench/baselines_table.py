@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cascade import protocol
+from cascade.evaluate import study as protocol
 
 
 def main() -> int:

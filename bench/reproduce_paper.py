@@ -21,7 +21,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cascade import evaluate, records, tune  # noqa: E402
+from cascade.evaluate import curves as evaluate  # noqa: E402
+from cascade.data import records  # noqa: E402
+from cascade.evaluate import tuning as tune  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scoring_throughput.py [--model smollm2-135m] [--n 48] [--threads 2]
 
-1. bare: one in-process engine scores the queries shard by shard (cascade.scoring.score_items);
+1. bare: one in-process engine scores the queries shard by shard (cascade.scoring.stage.score_items);
 2. pipeline: ``jobs.score.run`` with one stage (one actor, the same threads) on the same queries;
 3. pipeline again on 3x the queries, to show that peak memory does not grow with the dataset.
 
@@ -76,11 +76,11 @@ def config(model: str, n: int, out: str, threads: int, batch: int, dtype: str, s
 
 
 def bare(model: str, n: int, threads: int, batch: int, dtype: str, shard: int) -> dict:
-    from cascade import benchmarks as B
-    from cascade.config import SIGNALS
-    from cascade.engines import make_engine
-    from cascade.models import materialize
-    from cascade.scoring import StageInfo, score_items
+    from cascade.data import benchmarks as B
+    from cascade.scoring.config import SIGNALS
+    from cascade.scoring.engines import make_engine
+    from cascade.scoring.models import materialize
+    from cascade.scoring.stage import StageInfo, score_items
 
     path = materialize(model)
     with PeakRSS() as mem:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cascade import records, tune  # noqa: E402
+from cascade.data import records  # noqa: E402
+from cascade.evaluate import tuning as tune  # noqa: E402
 
 
 def timed(fn, repeats):

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from cascade.records import RecordsError
+from cascade.data.records import RecordsError
 
 COMMANDS = [
     "jobs.commands.records",  # cascade import

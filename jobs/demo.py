@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cascade import evaluate, records, tune
+from cascade.evaluate import curves as evaluate
+from cascade.data import records
+from cascade.evaluate import tuning as tune
 from jobs.commands.tune import cascades_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     t_start = time.perf_counter()
 
-    from cascade.config import load_config
+    from cascade.scoring.config import load_config
 
     cfg = load_config(args.config)
     upd = {}
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
               f"every cascade of {args.max_chain} example models", flush=True)
         for m in ("scorer", "router"):
             try:
-                from cascade.baselines.text import load_encoder
+                from cascade.tuners.learned import load_encoder
 
                 load_encoder()
                 print(f"      {m}: text encoder available, but the demo does not run the learned baselines "
@@ -214,8 +216,8 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except Exception as e:  # a clear one-line error for what a user can fix
-        from cascade.config import ConfigError
-        from cascade.records import RecordsError
+        from cascade.scoring.config import ConfigError
+        from cascade.data.records import RecordsError
 
         if isinstance(e, (ConfigError, RecordsError, ValueError, FileNotFoundError)):
             print(f"demo: error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ since only the driver writes, and only whole shards, no row is lost or written t
 Free-text benchmarks with a ``judge`` configured send each answered shard through the judge's actor
 pool (one more stage, same engines) before the shard is written.
 
-Python API: :func:`run` (config path, dict or :class:`~cascade.config.ScoreConfig`) -> stats dict.
+Python API: :func:`run` (config path, dict or :class:`~cascade.scoring.config.ScoreConfig`) -> stats dict.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cascade import benchmarks as B
-from cascade import records
-from cascade.config import ConfigError, ScoreConfig, StageConfig, load_config, needs_gpus
-from cascade.scoring import SIGNAL_COLUMNS, StageInfo, column_order
+from cascade.data import benchmarks as B
+from cascade.data import records
+from cascade.scoring.config import ConfigError, ScoreConfig, StageConfig, load_config, needs_gpus
+from cascade.scoring.stage import SIGNAL_COLUMNS, StageInfo, column_order
 
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<start>\d{6,})-(?P<end>\d{6,})\.parquet$")
 
@@ -93,8 +93,8 @@ class StageWorker:
     """Holds one loaded engine; a Ray actor in :func:`run`, a plain object in tests and benchmarks."""
 
     def __init__(self, stage: dict):
-        from cascade.engines import make_engine
-        from cascade.models import materialize
+        from cascade.scoring.engines import make_engine
+        from cascade.scoring.models import materialize
 
         st = StageConfig.model_validate(stage)
         threads = st.resources.threads or max(1, math.ceil(st.resources.num_cpus))
@@ -110,13 +110,13 @@ class StageWorker:
         return os.getpid()
 
     def score(self, benchmark: str, split: str, items: list, signals: list[str], grading: dict, run_id: str):
-        from cascade.scoring import score_items
+        from cascade.scoring.stage import score_items
 
         return score_items(self.engine, self.info, benchmark, split, items, signals=signals,
                            grading=B.GradingConfig(**grading), run_id=run_id)
 
     def judge(self, benchmark: str, items: list, answers: list[str]):
-        from cascade.scoring import judge_items
+        from cascade.scoring.stage import judge_items
 
         return judge_items(self.engine, benchmark, items, answers)
 

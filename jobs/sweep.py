@@ -1,7 +1,7 @@
 """``python -m jobs.sweep SPEC.yaml`` / ``cascade sweep SPEC.yaml``: run a sweep's cells as Ray tasks.
 
 - Scoring first for records entries that name a scoring config (finished shards are skipped).
-- Every cell (see :mod:`cascade.sweep`) whose key already has a FINISHED MLflow run in the sweep's
+- Every cell (see :mod:`cascade.evaluate.sweep_spec`) whose key already has a FINISHED MLflow run in the sweep's
   experiment is skipped; ``--dry-run`` lists what would run and what is done, and touches nothing.
 - Cells run as Ray tasks (``--cpus-per-cell``, fractional by default so a 2-core laptop runs two at once);
   the driver writes each result to ``<out>/<cell key>/`` and then logs it to MLflow as a nested run
@@ -36,8 +36,8 @@ import pandas as pd
 
 def _tune_cell(records_path: str, cell_dict: dict):
     """Ray task body: load the records, tune the cell, return (curve, summary)."""
-    from cascade import records
-    from cascade.sweep import Cell, run_cell
+    from cascade.data import records
+    from cascade.evaluate.sweep_spec import Cell, run_cell
 
     cell = Cell(**{**cell_dict, "cascade": tuple(cell_dict["cascade"]),
                    "params": tuple(tuple(p) for p in cell_dict["params"])})
@@ -108,7 +108,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     import tracking
-    from cascade import sweep as S
+    from cascade.evaluate import sweep_spec as S
 
     spec = S.load_spec(args.spec)
     if getattr(args, "out", None):
@@ -130,7 +130,7 @@ def run(args) -> int:
             stats = score_run(r.score, progress=not args.no_progress)
             print(f"  {stats['scored_records']} records scored, {stats['skipped_shards']} shards skipped", flush=True)
             if stats.get("scored_records"):  # a rerun that scored nothing logs nothing
-                from cascade.config import load_config
+                from cascade.scoring.config import load_config
                 from jobs.score import save_stats
 
                 scored.append((r, save_stats(stats, load_config(r.score))))  # logged under the sweep's parent
@@ -194,7 +194,7 @@ def run(args) -> int:
         for r, stats in scored:
             try:
                 tracking.log_scoring(stats, config=stats.get("config"), config_path=r.score, run_name=f"score {r.name}",
-                                     parent_run_id=parent_run.info.run_id, tags={"cascade.records": r.name})
+                                     parent_run_id=parent_run.info.run_id, tags={"cascade.data.records": r.name})
             except tracking.TrackingUnavailable as e:
                 print(f"  scoring not logged ({e}); `cascade log {stats['out_dir']}` can log it later",
                       file=sys.stderr)
@@ -221,7 +221,7 @@ def run(args) -> int:
             cell_out = out_root / c.key
             _write_cell(cell_out, curve, summary)  # on disk before MLflow sees it
             if c.records_path not in records_cache:
-                from cascade import records
+                from cascade.data import records
 
                 records_cache[c.records_path] = records.load(c.records_path, benchmark=c.benchmark)
             try:
@@ -229,7 +229,7 @@ def run(args) -> int:
                                   records_path=c.records_path, records_df=records_cache[c.records_path],
                                   cell_key=c.key, parent_run_id=parent_run.info.run_id,
                                   run_name=f"{' -> '.join(c.cascade)} | {c.method} | n={c.n} | seed={c.seed}",
-                                  tags={"cascade.records": c.records, "cascade.n": c.n, "cascade.seed": str(c.seed)},
+                                  tags={"cascade.data.records": c.records, "cascade.n": c.n, "cascade.seed": str(c.seed)},
                                   extra_params={"n": c.n, "seed": c.seed, "cell_key": c.key})
                 n_logged += 1
             except tracking.TrackingUnavailable as e:
@@ -248,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except Exception as e:
-        from cascade.sweep import SpecError
-        from cascade.records import RecordsError
-        from cascade.config import ConfigError
+        from cascade.evaluate.sweep_spec import SpecError
+        from cascade.data.records import RecordsError
+        from cascade.scoring.config import ConfigError
         import tracking
 
         if isinstance(e, (SpecError, RecordsError, ConfigError, FileNotFoundError)):

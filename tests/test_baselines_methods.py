@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cascade import evaluate, tune
-from cascade.baselines import margin as margin_mod
-from cascade.baselines.random_routing import expected_score, vertex_thresholds
-from cascade.records import CascadeData
+from cascade.evaluate import curves as evaluate
+from cascade.evaluate import tuning as tune
+from cascade.tuners import margin as margin_mod
+from cascade.tuners.random_routing import expected_score, vertex_thresholds
+from cascade.data.records import CascadeData
 
 
 def make_data(n=200, k=3, seed=0) -> CascadeData:
@@ -198,6 +199,6 @@ def test_unknown_method():
 
 
 def test_registered():
-    tune._load_plugins()
+    import cascade.tuners  # noqa: F401  (the package registers every tuner)
     for m in ("bayes-opt", "random", "margin"):
         assert m in tune.METHODS

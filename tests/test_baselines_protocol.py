@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cascade import protocol
+from cascade.evaluate import study as protocol
 
 
 def make_records(models=("a", "b", "c"), n_train=60, n_test=120, seed=0, margin=True) -> pd.DataFrame:

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cascade import evaluate, tune
-from cascade.baselines.text import SIGNALS, add_learned_signal
+from cascade.evaluate import curves as evaluate
+from cascade.evaluate import tuning as tune
+from cascade.tuners.learned import SIGNALS, add_learned_signal
 
 
 def hash_encoder(texts, dim=64):
@@ -82,7 +83,7 @@ def test_learned_signal_bad_input():
 
 @pytest.mark.slow
 def test_minilm_encoder_loads_offline():
-    from cascade.baselines.text import benchmark_questions, load_encoder
+    from cascade.tuners.learned import benchmark_questions, load_encoder
 
     enc = load_encoder()
     qs = benchmark_questions("medmcqa", "train")

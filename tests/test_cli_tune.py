@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cascade import evaluate, records
+from cascade.evaluate import curves as evaluate
+from cascade.data import records
 from jobs import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_tune_writes_curve_and_summary(tuned, store, method):
     # the measured test columns are what the thresholds give on the test split (model-mean cost)
     df = records.load(store)
     test = records.cascade_data(df, K3.split(","), "test")
-    from cascade import tune as tune_mod
+    from cascade.evaluate import tuning as tune_mod
 
     _, cal_test, _ = tune_mod.prepare(df, models=K3.split(","), cost_mode="model-mean")
     for _, row in curve.iloc[[0, len(curve) // 2, -1]].iterrows():
@@ -180,7 +181,7 @@ def test_tune_per_query_cost(store, tmp_path, capsys):
                        "--out", out], capsys)
     assert rc == 0, err
     curve = pd.read_parquet(out / "curve.parquet")
-    from cascade import tune as tune_mod
+    from cascade.evaluate import tuning as tune_mod
 
     df = records.load(store)
     _, test, _ = tune_mod.prepare(df, models=K3.split(","), cost_mode="per-query")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cascade import records
+from cascade.data import records
 from jobs import cli
 
 MODELS = ["small", "large"]

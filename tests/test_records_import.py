@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cascade import records
+from cascade.data import records
 from jobs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cascade import benchmarks as B
+from cascade.data import benchmarks as B
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "benchmarks"

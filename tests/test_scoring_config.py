@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cascade.config import ConfigError, ScoreConfig, load_config
+from cascade.scoring.config import ConfigError, ScoreConfig, load_config
 from jobs.commands.score import main as score_main
 
 ROOT = Path(__file__).resolve().parents[1]

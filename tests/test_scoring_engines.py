@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade import benchmarks as B
-from cascade.engines import GenRequest, make_engine
-from cascade.models import ModelError, check_model, materialize
-from cascade.scoring import Prompter, StageInfo, score_items
+from cascade.data import benchmarks as B
+from cascade.scoring.engines import GenRequest, make_engine
+from cascade.scoring.models import ModelError, check_model, materialize
+from cascade.scoring.stage import Prompter, StageInfo, score_items
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "benchmarks"
@@ -129,7 +129,7 @@ def test_concurrent_first_use_converts_the_gguf_once(tmp_path):
     import sys
 
     script = (
-        "import cascade.models as m\n"
+        "import cascade.scoring.models as m\n"
         "orig = m._convert\n"
         "def counted(*a, **k):\n"
         "    print('CONVERTED', flush=True)\n"

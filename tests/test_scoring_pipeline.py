@@ -14,8 +14,8 @@ import psutil
 import pytest
 import yaml
 
-from cascade import records
-from cascade.config import ConfigError
+from cascade.data import records
+from cascade.scoring.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "score-mmlu-tiny.yaml"
@@ -89,7 +89,7 @@ def test_example_both_tiny_models_then_tune(tmp_path):
     assert set(df["correct"].unique()) <= {0.0, 1.0} and df["correct"].sum() > 0
     assert (df["cost"] > 0).all() and (df["ptrue_cost"] > 0).all() and (df["accelerator_seconds"] > 0).all()
     # the graded answers are the ones the grader would give
-    from cascade import benchmarks as B
+    from cascade.data import benchmarks as B
     items = {it.query_id: it for it in B.items("mmlu", B.load_split("mmlu", "test", data_dir=EXAMPLES, limit=50))}
     t = df[df["split"] == "test"]
     assert all(B.grade(B.get("mmlu"), items[q], a) == c for q, a, c in zip(t["query_id"], t["answer"], t["correct"]))
@@ -167,10 +167,10 @@ def test_crashed_actor_is_restarted_and_its_shard_retried(tmp_path):
 def test_free_text_judge_runs_as_a_stage_and_gpu_requests_fail_early(tmp_path):
     import ray
 
-    from cascade import benchmarks as B
-    from cascade.engines import make_engine
-    from cascade.models import materialize
-    from cascade.scoring import judge_items
+    from cascade.data import benchmarks as B
+    from cascade.scoring.engines import make_engine
+    from cascade.scoring.models import materialize
+    from cascade.scoring.stage import judge_items
     from jobs.score import run
 
     stage = {"name": "smol", "model": "smollm2-135m", "dtype": "float32", "batch_size": 4, "max_new_tokens": 12,

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cascade import sweep as S
+from cascade.evaluate import sweep_spec as S
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / "examples" / "medmcqa-llama.parquet"

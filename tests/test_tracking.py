@@ -20,7 +20,7 @@ import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 import tracking  # noqa: E402
-from cascade import tune  # noqa: E402
+from cascade.evaluate import tuning as tune  # noqa: E402
 from jobs import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ PAIR = ["llama3.2-1b", "llama3.1-70b"]
 
 @pytest.fixture(scope="module")
 def records_df():
-    from cascade import records
+    from cascade.data import records
 
     return records.load(DEV)
 

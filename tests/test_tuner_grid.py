@@ -8,9 +8,9 @@ import itertools
 import numpy as np
 import pytest
 
-from cascade import evaluate
-from cascade.grid import GridSearchTuner, grid_totals
-from cascade.records import CascadeData
+from cascade.evaluate import curves as evaluate
+from cascade.tuners.grid import GridSearchTuner, grid_totals
+from cascade.data.records import CascadeData
 
 
 def _data(n=80, k=3, seed=0, ties=True) -> CascadeData:

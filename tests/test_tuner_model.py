@@ -11,8 +11,10 @@ import pytest
 from scipy import stats
 from statsmodels.distributions.copula.api import GumbelCopula
 
-from cascade import evaluate, records, tune
-from cascade.markov_copula import BetaMixture01, MarkovCopulaModel, MarkovCopulaTuner
+from cascade.evaluate import curves as evaluate
+from cascade.data import records
+from cascade.evaluate import tuning as tune
+from cascade.tuners.markov_copula import BetaMixture01, MarkovCopulaModel, MarkovCopulaTuner
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / "examples" / "medmcqa-llama.parquet"
@@ -149,7 +151,7 @@ def _thresholds(model, X, k):
 @pytest.mark.parametrize("source,k", [("dev", 2), ("dev", 3), ("dev", 5), ("synthetic", 2), ("synthetic", 3),
                                       ("synthetic", 5)])
 def test_closed_forms_match_monte_carlo_within_half_a_percent(source, k, monkeypatch):
-    monkeypatch.setattr("cascade.markov_copula._inverse_cdf", _fast_inverse_cdf)
+    monkeypatch.setattr("cascade.tuners.markov_copula._inverse_cdf", _fast_inverse_cdf)
     if source == "dev":
         train = _dev_train(k)
         X, costs = train.confidence, train.cost.mean(axis=0)
@@ -172,7 +174,7 @@ def test_closed_forms_match_monte_carlo_within_half_a_percent(source, k, monkeyp
 
 def test_model_monte_carlo_method_agrees_with_closed_form(monkeypatch):
     """MarkovCopulaModel.monte_carlo itself (k=3, dev data), 300k draws: within 1%."""
-    monkeypatch.setattr("cascade.markov_copula._inverse_cdf", _fast_inverse_cdf)
+    monkeypatch.setattr("cascade.tuners.markov_copula._inverse_cdf", _fast_inverse_cdf)
     train = _dev_train(3)
     costs = train.cost.mean(axis=0)
     model = MarkovCopulaModel(integration="exact").fit(train.confidence)
@@ -185,7 +187,7 @@ def test_model_monte_carlo_method_agrees_with_closed_form(monkeypatch):
 
 def test_sample_reproduces_the_fitted_pair_law(monkeypatch):
     """PairModel.sample: cell frequencies and interior Kendall tau of the draws match the fitted values."""
-    monkeypatch.setattr("cascade.markov_copula._inverse_cdf", _fast_inverse_cdf)
+    monkeypatch.setattr("cascade.tuners.markov_copula._inverse_cdf", _fast_inverse_cdf)
     X = _synthetic(4000, 2.0, np.random.default_rng(8))
     model = MarkovCopulaModel(integration="exact").fit(X)
     pair = model.pairs_[0]

@@ -110,8 +110,8 @@ def git_commit() -> str:
 
 
 def data_fingerprint(data) -> str:
-    """sha256 of the records (see :func:`cascade.records.fingerprint`)."""
-    from cascade.records import fingerprint
+    """sha256 of the records (see :func:`cascade.data.records.fingerprint`)."""
+    from cascade.data.records import fingerprint
 
     return fingerprint(data)
 
@@ -265,7 +265,7 @@ def log_tune(result, summary: dict | None = None, *, cascade: list[str] | None =
              extra_metrics: dict | None = None) -> str:
     """One tuning run (a cascade x method x sample size x seed): params, metrics, curve, plot, lineage.
 
-    ``result`` is a :class:`cascade.tune.TuneResult`, or a curve DataFrame with its ``summary`` dict as the
+    ``result`` is a :class:`cascade.evaluate.tuning.TuneResult`, or a curve DataFrame with its ``summary`` dict as the
     second argument (what ``cascade tune --out`` writes). ``cascade`` and ``method`` default to the summary's.
     Call :func:`configure` (or :func:`parent_run`) first. Returns the run id.
     """
@@ -356,7 +356,7 @@ def log_tune_dir(out_dir: str | os.PathLike, *, records_path=None, records_df: p
     curve = pd.read_parquet(out_dir / "curve.parquet")
     summary = json.loads((out_dir / "summary.json").read_text())
     if records_df is None and records_path:
-        from cascade import records as R
+        from cascade.data import records as R
 
         records_df = R.load(records_path, benchmark=summary.get("benchmark"))
     return log_tune(curve, summary, cascade=list(summary["models"]), method=summary["method"],
@@ -383,7 +383,7 @@ def _log_scoring(stats: dict, records_dir, config, *, config_path, parent_run_id
     import mlflow
 
     out_dir = Path(records_dir or stats["out_dir"])
-    from cascade import records as R
+    from cascade.data import records as R
 
     try:
         df = R.load(out_dir)

@@ -42,7 +42,7 @@ def run_log(args) -> int:
             for s in summaries:
                 df = None
                 if args.results:
-                    from cascade import records
+                    from cascade.data import records
 
                     b = json.loads(s.read_text()).get("benchmark")
                     if b not in loaded:

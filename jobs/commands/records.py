@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cascade import records
+from cascade.data import records
 
 
 def register(sub) -> None:

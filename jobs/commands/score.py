@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from cascade.config import load_config
+    from cascade.scoring.config import load_config
 
     cfg = load_config(args.config)
     if args.out or args.limit:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from cascade.records import RecordsError
+    from cascade.data.records import RecordsError
 
     parser = argparse.ArgumentParser(prog="cascade")
     sub = parser.add_subparsers(dest="command", required=True)

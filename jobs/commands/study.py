@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 
-from cascade import protocol, records
+from cascade.evaluate import study as protocol
+from cascade.data import records
 
 
 def _parse_param(items):

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cascade import evaluate, records, tune
+from cascade.evaluate import curves as evaluate
+from cascade.data import records
+from cascade.evaluate import tuning as tune
 
 
 def _parse_value(v: str):
@@ -187,7 +189,7 @@ def run_tune(args) -> int:
             test_split=args.test_split, cost_mode=args.cost, calibration=args.calibration, signal=signal,
             params=params)
         if args.gof and args.method == "markov-copula":
-            from cascade import gof
+            from cascade.evaluate import gof
 
             train, test, _ = tune.prepare(df, models=casc, train_split=args.train_split, test_split=args.test_split,
                                           benchmark=args.benchmark, signal=signal, calibration=args.calibration,

@@ -10,7 +10,7 @@ hub's columns, named ``<data_dir>/<benchmark>-<split>.parquet`` (``.jsonl``/``.j
 
 Graders: exact option letter (multiple choice), normalised final number (GSM8K), alias match
 (TriviaQA) and, for free text (TruthfulQA, XSum), a judge model (see :func:`judge_prompt` and
-``cascade.scoring``) with a reference-based fallback (token F1 / ROUGE-L against a threshold).
+``cascade.scoring.stage``) with a reference-based fallback (token F1 / ROUGE-L against a threshold).
 """
 
 from __future__ import annotations

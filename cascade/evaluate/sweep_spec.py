@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import protocol, tune
-from .config import format_validation_error, read_yaml, resolve_path
-from .records import fingerprint
+from cascade.evaluate import study as protocol
+from cascade.evaluate import tuning as tune
+from cascade.scoring.config import format_validation_error, read_yaml, resolve_path
+from cascade.data.records import fingerprint
 
 
 class SpecError(ValueError):
@@ -194,7 +195,7 @@ def records_path(r: RecordsSpec) -> str:
     """The records a spec entry reads: its path, or its scoring config's output folder."""
     if r.path is not None:
         return r.path
-    from .config import load_config
+    from cascade.scoring.config import load_config
 
     return load_config(r.score).out
 

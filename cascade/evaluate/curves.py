@@ -14,46 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .records import CascadeData
-
-
-def route(thresholds, confidence: np.ndarray) -> np.ndarray:
-    """Index (0..k-1) of the model that answers each query, for one threshold vector."""
-    conf = np.asarray(confidence, float)
-    t = np.asarray(thresholds, float).reshape(-1)
-    k = conf.shape[1]
-    if t.shape[0] != k - 1:
-        raise ValueError(f"need {k - 1} thresholds for {k} models, got {t.shape[0]}")
-    accepts = conf[:, : k - 1] > t[None, :]
-    accepts = np.concatenate([accepts, np.ones((conf.shape[0], 1), bool)], axis=1)
-    return np.argmax(accepts, axis=1)
-
-
-def score_routing(answering: np.ndarray, data: CascadeData) -> dict:
-    """Error, mean cost and per-model answer shares for a given routing on labelled data."""
-    n, k = data.n, data.k
-    rows = np.arange(n)
-    correct = data.correct[rows, answering]
-    cum_cost = np.cumsum(data.cost, axis=1)
-    cost = cum_cost[rows, answering]
-    shares = np.bincount(answering, minlength=k) / n
-    return {"error": float(1.0 - correct.mean()), "cost": float(cost.mean()), "shares": shares}
-
-
-def score_thresholds(thresholds, data: CascadeData) -> dict:
-    """Measured error and cost of one threshold vector on ``data`` (its confidences, labels, costs)."""
-    return score_routing(route(thresholds, data.confidence), data)
-
-
-def score_curve(threshold_list, data: CascadeData) -> pd.DataFrame:
-    """Score a list of threshold vectors; one row each: error, cost, share_<model>."""
-    rows = []
-    for t in threshold_list:
-        s = score_thresholds(t, data)
-        row = {"error": s["error"], "cost": s["cost"]}
-        row.update({f"share_{i}": float(v) for i, v in enumerate(s["shares"])})
-        rows.append(row)
-    return pd.DataFrame(rows)
+from cascade.data.records import CascadeData
+from cascade.tuners.routing import pareto_mask, route, score_curve, score_routing, score_thresholds  # noqa: F401
 
 
 def _dedupe_sorted(cost, acc):
@@ -124,18 +86,6 @@ def compare_curves(cost_a, error_a, cost_b, error_b) -> Comparison:
     """AUCs of two test curves over their shared cost range."""
     lo, hi = shared_range(cost_a, cost_b)
     return Comparison(lo, hi, auc(cost_a, error_a, lo, hi), auc(cost_b, error_b, lo, hi))
-
-
-def pareto_mask(cost, error) -> np.ndarray:
-    """Non-dominated points (lower cost and lower error are better); of exact ties the first is kept."""
-    cost = np.asarray(cost, float)
-    error = np.asarray(error, float)
-    order = np.lexsort((np.arange(len(cost)), error, cost))
-    e = error[order]
-    prev_best = np.concatenate([[np.inf], np.minimum.accumulate(e)[:-1]])
-    keep = np.zeros(len(cost), bool)
-    keep[order[e < prev_best]] = True
-    return keep
 
 
 def wilcoxon_less(pct_changes) -> float:

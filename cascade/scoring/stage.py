@@ -1,7 +1,7 @@
 """Scoring one batch of queries with one loaded engine: prompts, signals, P(True), grading, cost.
 
 Plain library code (no Ray): ``jobs/score.py`` runs these functions inside actors, and
-``bench/scoring_throughput.py`` runs them bare. Records follow :mod:`cascade.records`.
+``bench/scoring_throughput.py`` runs them bare. Records follow :mod:`cascade.data.records`.
 
 Signals (each its own ``conf_*`` column):
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import benchmarks as B
+from cascade.data import benchmarks as B
 from .engines.base import Engine, GenRequest
 
 SIGNAL_COLUMNS = {
@@ -185,7 +185,7 @@ def judge_items(engine: Engine, benchmark: str, items: list[B.Item], answers: li
 
 
 def column_order(df: pd.DataFrame) -> pd.DataFrame:
-    from .records import OPTIONAL_FIELDS, REQUIRED_FIELDS, signal_columns
+    from cascade.data.records import OPTIONAL_FIELDS, REQUIRED_FIELDS, signal_columns
 
     cols = list(REQUIRED_FIELDS) + signal_columns(df.columns) + [c for c in OPTIONAL_FIELDS if c in df.columns]
     return df[cols]

@@ -6,7 +6,7 @@ vectors with ``c_j > t_j``. The vertex policies "model j answers every query" ar
 from stage j to j+1 with probability p, with j+1 always answering, is the mixture
 (1-p)·vertex_j + p·vertex_{j+1}; its expected error and expected (cumulative) cost are exactly the
 same mixture of the two vertices' error and cost. So the random-routing curve is the piecewise
-linear interpolation of the k vertex points, which is exactly what :func:`cascade.evaluate.auc`
+linear interpolation of the k vertex points, which is exactly what :func:`cascade.evaluate.curves.auc`
 integrates. ``thresholds_`` holds the k vertex vectors; :func:`expected_score` gives the exact
 expected error/cost for any vector of per-model answer probabilities.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..records import CascadeData
-from ..tune import Tuner, register
+from cascade.data.records import CascadeData
+from cascade.tuners.base import Tuner, register
 
 
 def vertex_thresholds(k: int) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ The signal is the first generated token's top-2 probability margin (records colu
   stage j is the r-quantile of the training signal of model j; a query escalates from j when its
   signal is <= that quantile (answers when ``c_j > t_j``, the common semantics). Calibration is
   monotone, so quantiles of calibrated confidences are quantiles of the margins. The curve lives on
-  the common error-cost axes and is scored by :mod:`cascade.evaluate` like any other.
+  the common error-cost axes and is scored by :mod:`cascade.evaluate.curves` like any other.
 - Online (:func:`online_margin_curve`, two-model cascade): queries arrive one by one. For a per-query
   budget B the target escalation rate is r = (B - c_cheap) / c_expensive; the threshold for query t is
   the r-quantile of all margins seen so far (this one included); nothing escalates during the first
@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..records import CascadeData
-from ..tune import Tuner, register
+from cascade.data.records import CascadeData
+from cascade.tuners.base import Tuner, register
 
 
 @register("margin")

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import benchmarks as B
+from cascade.data import benchmarks as B
 from .engines.base import DTYPES
 from .models import ModelError, check_model
 

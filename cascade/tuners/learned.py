@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from ..tune import register
+from cascade.tuners.base import register
 from .margin import MarginTuner
 
 SIGNALS = {"scorer": "conf_scorer_logit", "router": "conf_router_logit"}

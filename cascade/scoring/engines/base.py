@@ -2,7 +2,7 @@
 
 Every engine returns the same :class:`GenResult` for the same :class:`GenRequest`, so the records it
 leads to are identical in form whichever engine ran. Prompts are rendered and tokenized by the caller
-(``cascade.scoring``) with the model's own tokenizer, so both engines see exactly the same token ids.
+(``cascade.scoring.stage``) with the model's own tokenizer, so both engines see exactly the same token ids.
 """
 
 from __future__ import annotations

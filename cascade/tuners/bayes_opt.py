@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from ..evaluate import pareto_mask, route
-from ..records import CascadeData
-from ..tune import Tuner, register, threshold_bounds
+from cascade.tuners.routing import pareto_mask, route
+from cascade.data.records import CascadeData
+from cascade.tuners.base import Tuner, register, threshold_bounds
 
 DEFAULT_LAMBDAS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 

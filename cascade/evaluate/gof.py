@@ -1,4 +1,4 @@
-"""Goodness of fit of a fitted :class:`~cascade.markov_copula.MarkovCopulaModel` (method doc, section 7).
+"""Goodness of fit of a fitted :class:`~cascade.tuners.markov_copula.MarkovCopulaModel` (method doc, section 7).
 
 Three checks, each with a statistic and a p-value:
 
@@ -24,8 +24,8 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.distributions.copula.api import GumbelCopula
 
-from .markov_copula import EndpointBetaMixture, MarkovCopulaModel
-from .records import CascadeData
+from cascade.tuners.markov_copula import EndpointBetaMixture, MarkovCopulaModel
+from cascade.data.records import CascadeData
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from scipy import optimize, stats
 from scipy.special import betainc, betaln, expit, logit, xlog1py, xlogy
 from statsmodels.distributions.copula.api import GumbelCopula
 
-from .tune import Tuner, register, threshold_bounds
+from cascade.tuners.base import Tuner, register, threshold_bounds
 
 
 # --------------------------------------------------------------------------------------------

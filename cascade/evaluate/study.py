@@ -4,12 +4,12 @@ For each chain of models and each cascade (ordered sub-sequence of length >= 2),
 n in ``n_values`` ("all" = the whole training split) and each of ``n_subsamples`` seeded subsamples:
 
 1. draw n training query ids (the same draw for every method and every cascade of the chain);
-2. :func:`cascade.tune.prepare` on those queries only (calibrators fitted on the subsample, costs per
+2. :func:`cascade.evaluate.tuning.prepare` on those queries only (calibrators fitted on the subsample, costs per
    ``cost_mode``), scored on the full test split;
 3. fit every method with the same seed and score its threshold vectors on the test split.
 
 Each method's test curve is compared with the reference method's (``bayes-opt`` by default) on their
-shared cost range (:func:`cascade.evaluate.compare_curves`): % change = 100 (AUC_m - AUC_ref)/AUC_ref.
+shared cost range (:func:`cascade.evaluate.curves.compare_curves`): % change = 100 (AUC_m - AUC_ref)/AUC_ref.
 Per cascade the % changes are averaged over subsamples; per cascade length k the per-cascade means are
 averaged, tested with a one-sided paired Wilcoxon signed-rank test (are they below zero?) and given a
 percentile bootstrap interval over cascades. All randomness comes from ``seed``.
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import evaluate, tune
+from cascade.evaluate import curves as evaluate
+from cascade.evaluate import tuning as tune
 
 DEFAULT_N_VALUES = ("10", "20", "30", "50", "100", "all")
 DEFAULT_METHODS = ("markov-copula", "bayes-opt", "grid", "random")
@@ -325,13 +326,13 @@ def margin_study(records: pd.DataFrame, models: list[str], *, signal: str = "con
     """Margin sampling online (on the test stream) vs offline (quantiles fitted on train) vs random routing,
     for a two-model cascade, at the same ``n_budgets`` budgets between the cheap model's cost and the cost
     of always escalating (model-mean costs, USD per million queries). Returns (per-budget frame, summary)."""
-    from .baselines.margin import accuracy_at_budgets, budget_area, online_margin_curve
+    from cascade.tuners.margin import accuracy_at_budgets, budget_area, online_margin_curve
 
     if len(models) != 2:
         raise ValueError(f"margin sampling compares a cheap and an expensive model; got {len(models)} models")
     train, test, _ = tune.prepare(records, models=models, train_split=train_split, test_split=test_split,
                                   signal=signal, cost_mode="model-mean", benchmark=benchmark)
-    from .records import cascade_data
+    from cascade.data.records import cascade_data
 
     raw_test = cascade_data(records, models, test_split, signal=signal, benchmark=benchmark)
     c0, c1 = float(test.cost[0, 0]), float(test.cost[0, 1])

@@ -1,0 +1,1 @@
+"""Data: benchmark tasks (config + prompt + grader) and the results records (schema, store)."""
