@@ -6,7 +6,12 @@
 - Cells run as Ray tasks (``--cpus-per-cell``, fractional by default so a 2-core laptop runs two at once);
   the driver writes each result to ``<out>/<cell key>/`` and then logs it to MLflow as a nested run
   under the sweep's parent run (one parent per spec, resumed by reruns). Only the driver talks to MLflow.
-- Killing the sweep at any point loses at most the cells in flight: a rerun finishes only the missing ones.
+- Killing the sweep at any point loses at most the cells in flight: a rerun finishes only the missing ones
+  (runs the killed driver left RUNNING are marked KILLED).
+- Several drivers of one spec at once (two `cascade sweep` of it, or a rerun while one still runs) share the
+  work: each cell is claimed (a lock file under ``<out>/<experiment>/.claims/``) by the driver that runs it, so
+  each cell runs and is logged once; a driver waits for the cells another holds, then skips the finished ones.
+  The claims of a driver that dies are released by the operating system.
 
 Under ``ray job submit --working-dir . -- python -m jobs.sweep SPEC.yaml --tracking-uri URI`` the driver
 runs in a temporary copy of the repository, so give an absolute tracking URI (an absolute
@@ -16,8 +21,8 @@ Token auth (Ray 2.60): the job inherits the cluster's ``RAY_AUTH_MODE``/token; t
 ``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``). See docs/operations.md.
 Options: ``--dry-run``, ``--tracking-uri``, ``--experiment``, ``--out``, ``--jobs N`` (cells in flight),
 ``--cpus-per-cell`` (default 0.5), ``--no-progress``.
-Exit status: 0 done, 2 bad spec, 3 some cells failed or could not be logged (outputs of logged-or-not cells
-are on disk).
+Exit status: 0 done, 2 bad spec, 3 some cells failed, or the tracking store failed (one line; the outputs of
+the cells that ran are on disk, and the line prints the `cascade log` command that logs them).
 """
 
 from __future__ import annotations
@@ -98,16 +103,50 @@ def _sweep_key(spec) -> str:
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
 
 
-def _parent_run(client, exp_id: str, sweep_key: str):
-    runs = client.search_runs([exp_id], filter_string=f"tags.`cascade.sweep_key` = '{sweep_key}' and "
-                                                      "tags.`cascade.kind` = 'parent'", max_results=1)
-    return runs[0] if runs else None
+class CellClaims:
+    """Which driver runs which cell, when several sweeps of one spec run at once.
+
+    A claim is an exclusive lock (``filelock``: ``flock`` on POSIX) on ``<out>/<experiment>/.claims/<key>.lock``,
+    taken by the driver before it submits the cell and released once the cell's result is written and logged.
+    A driver skips a cell another one holds and comes back to it later (by then it is usually FINISHED). The
+    operating system drops the locks of a process that dies, so a killed sweep's claims never block a rerun;
+    the lock files themselves are empty and may stay.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.held: dict = {}
+
+    def try_claim(self, key: str) -> bool:
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.root / f"{key}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        self.held[key] = lock
+        return True
+
+    def release(self, key: str) -> None:
+        lock = self.held.pop(key, None)
+        if lock is not None:
+            lock.release()
+
+    def release_all(self) -> None:
+        for key in list(self.held):
+            self.release(key)
+
+
+CLAIM_POLL_S = 1.0  # how often a driver looks again at cells another driver holds
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
     import tracking
+    from cascade.evaluate import metrics as M
     from cascade.evaluate import sweep_spec as S
 
     spec = S.load_spec(args.spec)
@@ -115,7 +154,8 @@ def run(args) -> int:
         spec = spec.model_copy(update={"out": str(Path(args.out).resolve())})
     experiment = args.experiment or spec.experiment
     uri = tracking.tracking_uri(args.tracking_uri)
-    tracking.check_reachable(uri)
+    if not args.dry_run or uri.startswith(("http://", "https://")):  # a dry run creates no store folder
+        tracking.check_reachable(uri)  # before any work: a store that cannot be written fails here
 
     # scoring that feeds the sweep (a rerun skips finished shards)
     scored: list = []
@@ -144,20 +184,7 @@ def run(args) -> int:
     if len(set(keys)) != len(keys):
         raise S.SpecError("the spec lists the same cell twice (duplicate methods, sizes or seeds?)")
 
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    done: dict[str, str] = {}
-    # a dry run touches nothing: opening a SQLite store that does not exist yet would create it
-    missing_db = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
-    client = None if (missing_db and args.dry_run) else mlflow.MlflowClient()
-    exp = None if client is None else client.get_experiment_by_name(experiment)
-    if exp is not None:
-        for run_ in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                       max_results=50000):
-            k = run_.data.tags.get("cascade.cell_key")
-            if k:
-                done[k] = run_.info.run_id
+    done, _ = tracking.finished_cells(experiment, uri)  # reads only: a dry run creates no store
     todo = [c for c in cells if c.key not in done]
     print(f"sweep {experiment!r}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run "
           f"(tracking: {uri})", flush=True)
@@ -168,96 +195,147 @@ def run(args) -> int:
     if not todo:
         return 0
 
-    exp_id = tracking.configure(uri, experiment)
-    client = client or mlflow.MlflowClient()
-    sweep_key = _sweep_key(spec)
-    # runs a killed driver left RUNNING for a cell are marked KILLED (the cell is redone)
-    for run_ in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=50000):
-        if run_.data.tags.get("cascade.cell_key") in {c.key for c in todo}:
-            client.set_terminated(run_.info.run_id, status="KILLED")
-    parent = _parent_run(client, exp_id, sweep_key)
-    if parent is None:
-        parent_ctx = mlflow.start_run(run_name=f"sweep {Path(args.spec).stem}", tags={
-            "cascade.kind": "parent", "cascade.sweep_key": sweep_key, "mlflow.source.git.commit": tracking.git_commit()})
-    else:
-        parent_ctx = mlflow.start_run(run_id=parent.info.run_id)
     out_root = Path(spec.out) / experiment
-    n_logged, n_failed, failures = 0, 0, []
+    claims = CellClaims(out_root / ".claims")
+    counts = {"ran": 0, "logged": 0, "failed": 0, "other": 0}
+    failures: list[str] = []
+    written: list[Path] = []
     t0 = time.perf_counter()
-    with parent_ctx as parent_run:
-        if parent is None:
-            mlflow.log_params({"spec": str(Path(args.spec).resolve()), "n_cells": len(cells),
-                               "methods": ",".join(m.name for m in spec.methods),
-                               "sample_sizes": ",".join(map(str, spec.sample_sizes)),
-                               "seeds": ",".join(map(str, spec.seeds))})
-            mlflow.log_dict(json.loads(spec.model_dump_json()), "sweep_spec.json")
-        for r, stats in scored:
-            try:
-                tracking.log_scoring(stats, config=stats.get("config"), config_path=r.score, run_name=f"score {r.name}",
-                                     parent_run_id=parent_run.info.run_id, tags={"cascade.data.records": r.name})
-            except tracking.TrackingUnavailable as e:
-                print(f"  scoring not logged ({e}); `cascade log {stats['out_dir']}` can log it later",
-                      file=sys.stderr)
-        ray = _ray_init()
-        task = ray.remote(num_cpus=args.cpus_per_cell, max_retries=2)(_tune_cell)
-        pending: dict = {}
-        queue = list(todo)
-        bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=args.no_progress, file=sys.stdout)
-        records_cache: dict[str, pd.DataFrame] = {}
-        while queue or pending:
+    log_cmd = f"cascade log {out_root} --experiment {experiment}" + (
+        f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
+
+    def report() -> None:
+        other = f", {counts['other']} finished by another sweep" if counts["other"] else ""
+        print(f"ran {counts['ran']} cells, logged {counts['logged']}, failed {counts['failed']} in "
+              f"{time.perf_counter() - t0:.1f}s; outputs under {out_root}{other}", flush=True)
+        for f in failures:
+            print(f"  {f}", file=sys.stderr)
+
+    try:
+        with tracking.sweep_parent(
+                experiment, _sweep_key(spec), f"sweep {Path(args.spec).stem}", uri=uri,
+                params={"spec": str(Path(args.spec).resolve()), "n_cells": len(cells),
+                        "methods": ",".join(m.name for m in spec.methods),
+                        "sample_sizes": ",".join(map(str, spec.sample_sizes)),
+                        "seeds": ",".join(map(str, spec.seeds))},
+                spec=json.loads(spec.model_dump_json())) as parent_run:
+            for r, stats in scored:
+                tracking.log_scoring(stats, config=stats.get("config"), config_path=r.score,
+                                     run_name=f"score {r.name}", parent_run_id=parent_run.info.run_id,
+                                     tags={"cascade.data.records": r.name})
+            error = _run_cells(args, todo, experiment, uri, parent_run.info.run_id, out_root, claims, counts,
+                               failures, written, tqdm, M, tracking)
+            if error is not None:
+                raise error
+    except tracking.TrackingUnavailable as e:
+        claims.release_all()
+        report()
+        kept = f"{len(written)} cell output(s) under {out_root}" if written else None
+        print(e.line("cascade sweep", kept=kept, log_command=log_cmd if written else None)
+              + ("; rerunning the sweep runs only the cells not logged" if written else "; no cell was run"),
+              file=sys.stderr)
+        return 3
+    finally:
+        claims.release_all()
+    report()
+    return 0 if not failures else 3
+
+
+def _run_cells(args, todo, experiment, uri, parent_id, out_root, claims, counts, failures, written, tqdm, M,
+               tracking):
+    """Claim, submit, write and log the cells; returns the TrackingUnavailable that stopped logging (the cells in
+    flight are still written to disk) or None."""
+    ray = _ray_init()
+    task = ray.remote(num_cpus=args.cpus_per_cell, max_retries=2)(_tune_cell)
+    pending: dict = {}
+    queue, waiting = list(todo), []
+    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=args.no_progress, file=sys.stdout)
+    records_cache: dict[str, pd.DataFrame] = {}
+    error = None
+
+    def finish(ref, c, log: bool) -> None:
+        try:
+            curve, summary = ray.get(ref)
+        except Exception as e:  # a failing cell is reported, not hidden; it stays "to run"
+            counts["failed"] += 1
+            failures.append(f"{c.label}: {type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}")
+            return
+        cell_out = out_root / c.key
+        _write_cell(cell_out, curve, summary)  # on disk before MLflow sees it
+        written.append(cell_out)
+        counts["ran"] += 1
+        if not log:
+            return
+        if c.records_path not in records_cache:
+            records_cache[c.records_path] = M.load_records(c.records_path, benchmark=c.benchmark)
+        tracking.log_tune(curve, summary, cascade=list(c.cascade), method=c.method, params=dict(c.params),
+                          records_path=c.records_path, records_df=records_cache[c.records_path],
+                          cell_key=c.key, parent_run_id=parent_id, output_fingerprint=M.output_fingerprint(cell_out),
+                          run_name=f"{' -> '.join(c.cascade)} | {c.method} | n={c.n} | seed={c.seed}",
+                          tags={"cascade.data.records": c.records, "cascade.n": c.n, "cascade.seed": str(c.seed)},
+                          extra_params={"n": c.n, "seed": c.seed, "cell_key": c.key})
+        counts["logged"] += 1
+
+    try:
+        while queue or pending or waiting:
             while queue and len(pending) < max(1, args.max_in_flight):
                 c = queue.pop(0)
+                if not claims.try_claim(c.key):  # another driver of this spec runs it now
+                    waiting.append(c)
+                    continue
+                if tracking.find_finished(experiment, c.key, uri):  # another driver finished it meanwhile
+                    claims.release(c.key)
+                    counts["other"] += 1
+                    bar.update(1)
+                    continue
+                tracking.mark_killed(experiment, c.key, uri)  # runs a killed driver left RUNNING for this cell
                 pending[task.remote(c.records_path, _cell_dict(c))] = c
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            if not pending:
+                if waiting:
+                    time.sleep(CLAIM_POLL_S)
+                    queue, waiting = queue + waiting, []
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=CLAIM_POLL_S if waiting else None)
+            if not ready:
+                queue, waiting = queue + waiting, []
+                continue
             ref = ready[0]
             c = pending.pop(ref)
             try:
-                curve, summary = ray.get(ref)
-            except Exception as e:  # a failing cell is reported, not hidden; it stays "to run"
-                n_failed += 1
-                failures.append(f"{c.label}: {type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}")
-                bar.update(1)
-                continue
-            cell_out = out_root / c.key
-            _write_cell(cell_out, curve, summary)  # on disk before MLflow sees it
-            if c.records_path not in records_cache:
-                from cascade.data import records
-
-                records_cache[c.records_path] = records.load(c.records_path, benchmark=c.benchmark)
-            try:
-                tracking.log_tune(curve, summary, cascade=list(c.cascade), method=c.method, params=dict(c.params),
-                                  records_path=c.records_path, records_df=records_cache[c.records_path],
-                                  cell_key=c.key, parent_run_id=parent_run.info.run_id,
-                                  run_name=f"{' -> '.join(c.cascade)} | {c.method} | n={c.n} | seed={c.seed}",
-                                  tags={"cascade.data.records": c.records, "cascade.n": c.n, "cascade.seed": str(c.seed)},
-                                  extra_params={"n": c.n, "seed": c.seed, "cell_key": c.key})
-                n_logged += 1
-            except tracking.TrackingUnavailable as e:
-                failures.append(f"{c.label}: not logged ({e}); outputs in {cell_out}")
+                finish(ref, c, log=True)
+            finally:
+                claims.release(c.key)
             bar.update(1)
+    except tracking.TrackingUnavailable as e:
+        error = e
+        for ref, c in list(pending.items()):  # results in flight are kept on disk, not logged
+            finish(ref, c, log=False)
+            claims.release(c.key)
+    finally:
         bar.close()
-    print(f"ran {n_logged + len(failures) - n_failed} cells, logged {n_logged}, failed {n_failed} in "
-          f"{time.perf_counter() - t0:.1f}s; outputs under {out_root}")
-    for f in failures:
-        print(f"  {f}", file=sys.stderr)
-    return 0 if not failures else 3
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_cli(args, "sweep")
+
+
+def run_cli(args, prog: str) -> int:
+    """``run`` with the exit statuses of the docs: 2 bad input (one line), 3 tracking failed (one line)."""
     try:
         return run(args)
     except Exception as e:
-        from cascade.evaluate.sweep_spec import SpecError
         from cascade.data.records import RecordsError
+        from cascade.evaluate.sweep_spec import SpecError
         from cascade.scoring.config import ConfigError
         import tracking
 
         if isinstance(e, (SpecError, RecordsError, ConfigError, FileNotFoundError)):
-            print(f"sweep: error: {e}", file=sys.stderr)
+            print(f"{prog}: error: {e}", file=sys.stderr)
             return 2
         if isinstance(e, tracking.TrackingUnavailable):
-            print(f"sweep: {e}; nothing was run", file=sys.stderr)
+            print(e.line(prog) + "; no cell was run", file=sys.stderr)
             return 3
         raise
 

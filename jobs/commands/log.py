@@ -1,57 +1,123 @@
-"""``cascade log DIR``: log finished outputs to MLflow after the fact (e.g. the server was down)."""
+"""``cascade log DIR``: log finished outputs to MLflow after the fact (e.g. the server was down).
+
+Idempotent: every logged output folder is tagged with its output fingerprint (a hash of its files); a folder
+whose fingerprint already has a FINISHED run in the experiment is not logged again (exit 0, no new run).
+"""
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("log", help="log finished `cascade tune` or `cascade score` outputs to MLflow",
+    p = sub.add_parser("log", help="log finished `cascade tune` or `cascade score` outputs to MLflow (once: "
+                                   "outputs already logged are skipped)",
                        description="Log a `cascade tune --out DIR` folder (searched recursively for summary.json) "
-                                   "or a scoring output folder (holding score_stats.json) to MLflow.")
+                                   "or a scoring output folder (holding score_stats.json) to MLflow. Folders whose "
+                                   "files were logged before (same output fingerprint, same experiment) are "
+                                   "skipped. Exit status: 0 logged or already logged, 2 bad input, 3 the "
+                                   "tracking store failed (nothing new logged).")
     p.add_argument("dir", help="a `cascade tune` output folder or a scoring output folder")
     p.add_argument("--results", help="the records the curves were tuned on (for data lineage)")
     p.add_argument("--experiment", help="MLflow experiment (default: the benchmark, or 'scoring')")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///<repo>/mlflow.db)")
     p.set_defaults(func=run_log)
 
 
+def _read_outputs(d: Path, summaries: list[Path]) -> list[tuple[Path, dict]]:
+    """Every tune output folder's summary, checked before anything is logged (nothing half-logged)."""
+    import json
+
+    out = []
+    for s in summaries:
+        try:
+            summary = json.loads(s.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{s}: not a readable summary.json ({e}); fix or remove that folder") from None
+        if not isinstance(summary, dict) or not summary.get("models") or not summary.get("method"):
+            raise ValueError(f"{s}: a `cascade tune` summary.json needs `models` and `method`; fix or remove "
+                             "that folder")
+        if not (s.parent / "curve.parquet").is_file():
+            raise ValueError(f"{s.parent}: summary.json without curve.parquet (an unfinished `cascade tune` "
+                             "output?); rerun the tune or remove that folder")
+        out.append((s.parent, summary))
+    return out
+
+
 def run_log(args) -> int:
+    import json
+
     import tracking
+    from cascade.evaluate import metrics as M
 
     d = Path(args.dir)
-    if not d.exists():
-        raise FileNotFoundError(f"{d}: no such folder")
-    stats_file = d / "score_stats.json"
-    summaries = [d / "summary.json"] if (d / "summary.json").exists() else sorted(d.rglob("summary.json"))
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: no such folder" if not d.exists() else f"{d}: not a folder")
     try:
-        if stats_file.exists():
+        uri = tracking.tracking_uri(args.tracking_uri)
+    except tracking.TrackingUnavailable as e:
+        print(e.line("cascade log", log_command=None) + f"; {d} is unchanged", file=sys.stderr)
+        return 3
+    stats_file = d / "score_stats.json"
+    if stats_file.exists():
+        try:
             stats = json.loads(stats_file.read_text())
-            tracking.configure(args.tracking_uri, args.experiment or "scoring")
-            run_id = tracking.log_scoring(stats, config=stats.get("config"), tags={"cascade.logged_from": str(d)})
-            print(f"logged scoring run {run_id}")
-            return 0
-        if not summaries:
-            raise ValueError(f"{d}: neither summary.json (cascade tune) nor score_stats.json (cascade score) found")
-        bench = json.loads(summaries[0].read_text()).get("benchmark") or "cascade-eval"
-        experiment = args.experiment or bench
-        with tracking.parent_run(experiment, f"log {d.name}", uri=args.tracking_uri,
-                                 params={"command": "log", "dir": str(d.resolve())}) as parent:
-            loaded: dict = {}  # records read once per benchmark, not once per curve
-            for s in summaries:
-                df = None
-                if args.results:
-                    from cascade.data import records
+        except ValueError as e:
+            raise ValueError(f"{stats_file}: not valid JSON ({e})") from None
+        experiment = args.experiment or "scoring"
+        fp = M.output_fingerprint(d)
+        try:
+            tracking.check_reachable(uri)
+            done = tracking.find_logged_output(experiment, fp, kind="score", uri=uri)
+            if done:
+                print(f"already logged: scoring run {done} in experiment {experiment!r} holds these outputs "
+                      f"(output fingerprint {fp}); nothing logged")
+                return 0
+            tracking.configure(uri, experiment)
+            run_id = tracking.log_scoring(stats, records_dir=d, config=stats.get("config"),
+                                          tags={"cascade.logged_from": str(d.resolve())})
+        except tracking.TrackingUnavailable as e:
+            print(e.line("cascade log") + f"; nothing was logged, {d} is unchanged", file=sys.stderr)
+            return 3
+        print(f"logged scoring run {run_id} to experiment {experiment!r} at {uri}")
+        return 0
 
-                    b = json.loads(s.read_text()).get("benchmark")
-                    if b not in loaded:
-                        loaded[b] = records.load(args.results, benchmark=b)
-                    df = loaded[b]
-                tracking.log_tune_dir(s.parent, records_path=args.results, records_df=df,
+    summaries = [d / "summary.json"] if (d / "summary.json").exists() else sorted(d.rglob("summary.json"))
+    if not summaries:
+        raise ValueError(f"{d}: neither summary.json (cascade tune) nor score_stats.json (cascade score) found")
+    outputs = _read_outputs(d, summaries)
+    experiment = args.experiment or outputs[0][1].get("benchmark") or "cascade-eval"
+    fps = {folder: M.output_fingerprint(folder) for folder, _ in outputs}
+    loaded: dict = {}  # records read once per benchmark, not once per curve; read before anything is logged
+    if args.results:
+        for _, summary in outputs:
+            b = summary.get("benchmark")
+            if b not in loaded:
+                loaded[b] = M.load_records(args.results, benchmark=b)
+    try:
+        tracking.check_reachable(uri)
+        done, todo = {}, []
+        for folder, summary in outputs:
+            run_id = tracking.find_logged_output(experiment, fps[folder], kind="tune", uri=uri)
+            if run_id:
+                done[folder] = run_id
+            else:
+                todo.append((folder, summary))
+        if not todo:
+            print(f"already logged: all {len(outputs)} output folder(s) under {d} have FINISHED runs in experiment "
+                  f"{experiment!r} (same output fingerprint), e.g. run {next(iter(done.values()))}; nothing logged")
+            return 0
+        with tracking.parent_run(experiment, f"log {d.name}", uri=uri,
+                                 params={"command": "log", "dir": str(d.resolve())}) as parent:
+            for folder, summary in todo:
+                tracking.log_tune_dir(folder, records_path=args.results, records_df=loaded.get(summary.get("benchmark")),
                                       parent_run_id=parent.info.run_id)
     except tracking.TrackingUnavailable as e:
-        print(f"cascade log: {e}; nothing was logged, {d} is unchanged")
+        print(e.line("cascade log") + f"; {d} is unchanged, rerun this command once the store works "
+              "(folders already logged are skipped)", file=sys.stderr)
         return 3
-    print(f"logged {len(summaries)} run(s) to experiment {experiment!r} at {tracking.tracking_uri(args.tracking_uri)}")
+    skipped = f", {len(done)} already logged before" if done else ""
+    print(f"logged {len(todo)} run(s) to experiment {experiment!r} at {uri}{skipped}")
     return 0

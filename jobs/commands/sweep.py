@@ -14,11 +14,6 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    import tracking
     from jobs import sweep
 
-    try:
-        return sweep.run(args)
-    except tracking.TrackingUnavailable as e:
-        print(f"cascade sweep: {e}; nothing was run")
-        return 3
+    return sweep.run_cli(args, "cascade sweep")
