@@ -217,7 +217,7 @@ def _int_column(raw: pd.Series, col: str, source: str) -> pd.Series:
         raise RecordsError(f"{source}: column {col!r} holds true/false values in {_rows(mask)}; it must hold integers")
     s = pd.to_numeric(raw, errors="coerce")
     if pd.api.types.is_unsigned_integer_dtype(s):
-        bad = s.isna() | (s.astype("float64") > np.iinfo(np.int64).max)
+        bad = s.isna() | (s > np.uint64(np.iinfo(np.int64).max))
     elif pd.api.types.is_integer_dtype(s):
         bad = s.isna()
     else:
