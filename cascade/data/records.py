@@ -667,6 +667,7 @@ def write_records(df: pd.DataFrame, store: str | os.PathLike, *, overwrite: bool
                     p.unlink(missing_ok=True)
                 for src, dest in reversed(moved):
                     os.replace(dest, src)
+                shutil.rmtree(aside, ignore_errors=True)
                 raise
             shutil.rmtree(aside, ignore_errors=True)
             for f in old_files:  # folders emptied by the replacement (e.g. older folder names)
@@ -709,7 +710,7 @@ def load(store: str | os.PathLike, *, benchmark: str | None = None, columns: lis
         reason = verify_part(f)
         if reason:
             raise RecordsError(_damaged(reason))
-        schemas.append(pq.read_schema(f))
+        schemas.append(_plain_strings(pq.read_schema(f)))
     # Shards written by different runs may carry different signal columns: read with the union schema
     # (columns a shard lacks come back as nulls) instead of the first file's schema.
     try:
@@ -728,6 +729,12 @@ def load(store: str | os.PathLike, *, benchmark: str | None = None, columns: lis
                 raise RecordsError(_damaged(f"{f}: unreadable ({fe})")) from None
         raise RecordsError(f"{store}: cannot read the records ({e})") from None
     return table.to_pandas()
+
+
+def _plain_strings(schema: pa.Schema) -> pa.Schema:
+    """large_string -> string: files written by pandas (large_string) and by this module (string) read as one."""
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in schema],
+                     metadata=schema.metadata)
 
 
 def parquet_files(store: str | os.PathLike) -> list[Path]:
