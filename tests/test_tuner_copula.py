@@ -102,3 +102,22 @@ def test_joint_rejects_wrong_shapes():
         joint.evaluate(np.zeros((1, 3)), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="pair copulas"):
         MarkovJoint(margins, copulas[:2])
+
+
+def test_joint_correctness_function_matches_monte_carlo():
+    """P(correct_j) may depend on the previous model's confidence: g(x_prev, x) = x * (0.5 + x_prev / 2)."""
+    margins, copulas = _chain()
+
+    def g(xp, x):
+        return x * (0.5 + np.asarray(xp) / 2)
+
+    corr = [None, g, None, g]
+    joint = MarkovJoint(margins, copulas, correctness=corr)
+    X = joint.sample(300_000, rng=3)
+    T = np.array([[0.6, 0.7, 0.8], [0.9, 0.5, 0.95], [0.99, 0.97, 0.99]])
+    L = np.array([[0.3, 0.4, -np.inf, 0.6]] * 3)
+    model, mc = joint.evaluate(T, L), empirical(X, T, L, correctness=corr)
+    for key in model:
+        assert np.abs(model[key] - mc[key]).max() < 4e-3, key
+    plain = MarkovJoint(margins, copulas).evaluate(T, L)
+    assert np.all(model["answer_correct"][:, 1] < plain["answer_correct"][:, 1])  # g < x: the test can fail

@@ -12,3 +12,4 @@ from cascade.tuners import bayes_opt  # noqa: F401,E402
 from cascade.tuners import random_routing  # noqa: F401,E402
 from cascade.tuners import margin  # noqa: F401,E402
 from cascade.tuners import learned  # noqa: F401,E402
+from cascade.tuners import copula  # noqa: F401,E402

@@ -30,20 +30,25 @@ tests check the results against Monte Carlo from :meth:`MarkovJoint.sample`.
 
 API (stable):
 
-``MarkovJoint(margins, copulas, n_cells=96, n_nodes=4, n_sub=16)``
+``MarkovJoint(margins, copulas, n_cells=96, n_nodes=4, n_sub=16, correctness=None)``
     ``margins``: k objects with vectorised ``cdf(x)`` (right-continuous), ``cdf_left(x)`` (F(x-)) and
     ``ppf(u)`` (quantile, inf{x: F(x) >= u}); optionally ``atoms_u()`` -> array of u-values at atom
     boundaries (F(x-) and F(x) of every atom) to be used as cell edges. ``copulas``: k-1 pair copulas
     of (V_j, V_{j+1}) with ``hfunc1(u)`` on an (n, 2) array (P(V_{j+1} <= u[:, 1] | V_j = u[:, 0]));
     ``pyvinecopulib.Bicop`` qualifies (one fitted with discrete ``var_types`` is evaluated as the
     continuous copula of the distributional transforms). For sampling also ``hinv1``.
+    ``correctness`` (optional): k entries, the first None; entry j (>= 1) None or a vectorised function
+    g_j(x_prev, x) = P(model j correct | X_{j-1} = x_prev, X_j = x) for a model whose correctness
+    depends on the previous model's confidence too. None (default): P(correct) = X_j, the calibrated
+    confidence. g_j / X_j is taken constant within a cell pair (X_j itself is integrated exactly).
 ``.to_u(upper=None, lower=None)``
     x-space thresholds -> u-space: upper -> F_j(t_j), lower -> F_j(a_j-). Arrays of shape (B, k-1)
     for upper and (B, k) for lower (NaN / -inf = no lower threshold).
 ``.evaluate(upper, lower=None, space="x")`` -> dict of (B, k) arrays
     ``reach`` P(stage j is reached), ``answer`` P(model j answers), ``answer_correct``
-    E[X_j; model j answers] (expected correctness contributed by stage j, as X_j = P(correct)),
-    ``abstain`` P(stage j abstains), ``abstain_correct`` E[X_j; stage j abstains]. ``upper``: (B, k-1)
+    E[X_j; model j answers] (expected correctness contributed by stage j, as X_j = P(correct); with
+    ``correctness``, E[g_j(X_{j-1}, X_j); model j answers]), ``abstain`` P(stage j abstains),
+    ``abstain_correct`` E[X_j; stage j abstains] (likewise). ``upper``: (B, k-1)
     (or (k-1,)); ``lower``: None, or (B, k) / (k,) with -inf or NaN for "no lower threshold". With
     ``space="u"`` both are already u-space values (lower/upper box ends of V_j).
 ``.expected(upper, costs, lower=None, space="x")`` -> dict
@@ -52,7 +57,7 @@ API (stable):
     abstaining) pays costs_1 + ... + costs_j; ``deferral`` (B, k-1) conditional deferral probabilities
     P(defer at j | reach j); ``shares`` (B, k) = answer; ``abstain`` (B, k).
 ``.sample(n, rng)`` -> (n, k) draws of X from the same model (Monte Carlo checks).
-``empirical(X, upper, lower=None)``
+``empirical(X, upper, lower=None, correctness=None)``
     the same quantities as ``evaluate`` measured on data X (n, k) with the same semantics (checks
     against samples or records).
 """
@@ -88,9 +93,11 @@ def _continuous(cop):
 class MarkovJoint:
     """Joint law of the cascade's calibrated confidences: marginals + a Markov chain of pair copulas."""
 
-    def __init__(self, margins, copulas, n_cells: int = 96, n_nodes: int = 4, n_sub: int = 16):
+    def __init__(self, margins, copulas, n_cells: int = 96, n_nodes: int = 4, n_sub: int = 16, correctness=None):
         if len(copulas) != len(margins) - 1:
             raise ValueError(f"need {len(margins) - 1} pair copulas for {len(margins)} margins, got {len(copulas)}")
+        if correctness is not None and (len(correctness) != len(margins) or correctness[0] is not None):
+            raise ValueError(f"correctness needs {len(margins)} entries, the first None (model 1 has no predecessor)")
         self.margins = list(margins)
         self.copulas = [_continuous(c) for c in copulas]
         self.k = len(self.margins)
@@ -126,6 +133,19 @@ class MarkovJoint:
             dH = np.diff(H, axis=1).reshape(len(gi) - 1, n_nodes, len(gj) - 1)
             K = np.einsum("anb,n->ab", dH, w)  # rows sum to 1
             self.kernels.append(K / K.sum(axis=1, keepdims=True))
+        # correctness relative to the calibrated confidence, rho_j[a, b] = g_j(x_a, x_b) / x_b at the cells'
+        # midpoints (x_a of the previous model), folded into the kernel that leads to stage j
+        self.correctness = list(correctness) if correctness is not None else [None] * self.k
+        self.weighted_kernels = [None] * self.k
+        for j in range(1, self.k):
+            g = self.correctness[j]
+            if g is None:
+                continue
+            xa = np.asarray(self.margins[j - 1].ppf((self.edges[j - 1][:-1] + self.edges[j - 1][1:]) / 2), float)
+            xb = np.asarray(self.margins[j].ppf((self.edges[j][:-1] + self.edges[j][1:]) / 2), float)
+            G = np.asarray(g(xa[:, None] * np.ones((1, len(xb))), np.ones((len(xa), 1)) * xb[None, :]), float)
+            rho = np.clip(G, 0.0, 1.0) / np.maximum(xb[None, :], 1e-12)
+            self.weighted_kernels[j] = self.kernels[j - 1] * rho
 
     # -- thresholds ---------------------------------------------------------------------------
     def to_u(self, upper=None, lower=None):
@@ -178,21 +198,26 @@ class MarkovJoint:
         B, k = hi.shape
         out = {name: np.zeros((B, k)) for name in ("reach", "answer", "answer_correct", "abstain", "abstain_correct")}
         mass = np.broadcast_to(self.widths[0], (B, len(self.widths[0])))  # P(reach 1, V_1 in cell a)
+        wmass = None  # with a correctness function: E[rho; reach j, V_j in cell a]
         for j in range(k):
             g, w = self.edges[j], self.widths[j]
             a, b = g[:-1][None, :], g[1:][None, :]
             dens = mass / w[None, :]
+            wdens = dens if wmass is None else wmass / w[None, :]
             h = np.clip(hi[:, j:j + 1], a, b)  # upper threshold clipped into every cell
             l_ = np.clip(lo[:, j:j + 1], a, b)
             iq_h, iq_l = self._iq_at(j, h), self._iq_at(j, l_)
             iq_edges = self._iq_at(j, g)
             out["reach"][:, j] = mass.sum(axis=1)
             out["answer"][:, j] = np.sum(dens * (b - h), axis=1)
-            out["answer_correct"][:, j] = np.sum(dens * (iq_edges[None, 1:] - iq_h), axis=1)
+            out["answer_correct"][:, j] = np.sum(wdens * (iq_edges[None, 1:] - iq_h), axis=1)
             out["abstain"][:, j] = np.sum(dens * (l_ - a), axis=1)
-            out["abstain_correct"][:, j] = np.sum(dens * (iq_l - iq_edges[None, :-1]), axis=1)
+            out["abstain_correct"][:, j] = np.sum(wdens * (iq_l - iq_edges[None, :-1]), axis=1)
             if j < k - 1:
-                mass = (dens * (h - l_)) @ self.kernels[j]
+                deferred = dens * (h - l_)
+                mass = deferred @ self.kernels[j]
+                wk = self.weighted_kernels[j + 1]
+                wmass = None if wk is None else deferred @ wk
         return out
 
     def expected(self, upper, costs, lower=None, space: str = "x") -> dict:
@@ -216,9 +241,10 @@ class MarkovJoint:
         return np.column_stack([np.asarray(self.margins[j].ppf(V[:, j]), float) for j in range(self.k)])
 
 
-def empirical(X, upper, lower=None) -> dict:
+def empirical(X, upper, lower=None, correctness=None) -> dict:
     """The quantities of :meth:`MarkovJoint.evaluate` measured on data X (n, k) (values of X_j as
-    correctness), for a batch of x-space thresholds: same semantics, same keys."""
+    correctness, or ``correctness[j](X_{j-1}, X_j)`` where given), for a batch of x-space thresholds:
+    same semantics, same keys."""
     X = np.asarray(X, float)
     n, k = X.shape
     U = np.atleast_2d(np.asarray(upper, float))
@@ -230,13 +256,15 @@ def empirical(X, upper, lower=None) -> dict:
         alive = np.ones(n, bool)
         for j in range(k):
             x = X[:, j]
+            g = None if correctness is None else correctness[j]
+            val = x if g is None else np.asarray(g(X[:, j - 1], x), float)
             abst = alive & (x < L[b, j])
             ans = alive & ~abst if j == k - 1 else alive & (x > U[b, j])
             abst &= ~ans
             out["reach"][b, j] = alive.mean()
             out["answer"][b, j] = ans.mean()
-            out["answer_correct"][b, j] = np.sum(x * ans) / n
+            out["answer_correct"][b, j] = np.sum(val * ans) / n
             out["abstain"][b, j] = abst.mean()
-            out["abstain_correct"][b, j] = np.sum(x * abst) / n
+            out["abstain_correct"][b, j] = np.sum(val * abst) / n
             alive = alive & ~ans & ~abst
     return out
