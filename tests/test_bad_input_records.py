@@ -241,6 +241,9 @@ CASES = [
     Case("garbage-parquet", _raw("in.parquet", b"PAR1 not really"), 2, "in.parquet: cannot be read as Parquet"),
     Case("out-is-a-file", _file_as_out, 2, "is a file"),
     Case("out-below-a-file", _below_file, 2, "lies below the file"),
+    Case("out-inside-a-store", lambda tmp, store: [
+        "import", _write(_frame(models=["x", "y"]), tmp / "in.parquet"), "--out", store / "run2"], 2,
+         "lies inside the results store", seed=True),
 ]
 
 

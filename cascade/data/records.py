@@ -527,6 +527,10 @@ def _check_store_path(store: Path) -> None:
         if p.exists() and not p.is_dir():
             where = "is a file" if p == store else f"lies below the file {p}"
             raise RecordsError(f"--out {store} {where}; name a folder (created if missing)")
+    for p in store.absolute().parents:
+        if (p / LOCK_NAME).is_file():
+            raise RecordsError(f"--out {store} lies inside the results store {p}, whose readers would read these "
+                               "records as well; import into that store itself or into a folder outside it")
 
 
 def _read_columns(f: Path, columns: list[str]) -> pd.DataFrame:
