@@ -162,7 +162,9 @@ def test_all_cascades_per_k_means_and_wilcoxon(store, tmp_path, capsys):
     assert rc == 0, err
     t = pd.read_csv(csv)
     assert len(t) == 11 and sorted(t.k.value_counts().items()) == [(2, 6), (3, 4), (4, 1)]
-    summ = evaluate.summarize_by_length(t)
+    from cascade.evaluate.compare import summarize_by_length
+
+    summ = summarize_by_length(t)
     assert "wilcoxon_p" in stdout and ">=3 (mean of per-k means)" in stdout
     for k in (2, 3, 4):
         row = summ[summ.k == str(k)].iloc[0]

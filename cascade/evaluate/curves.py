@@ -49,17 +49,25 @@ def integrate_linear(cost, acc, lo: float, hi: float) -> float:
     return float(np.sum((vals[1:] + vals[:-1]) * np.diff(knots)) / 2.0)
 
 
+def error_at_nearest(cost, error, at: float) -> float:
+    """Test error of the curve's point nearest to cost ``at`` (points of equal cost averaged)."""
+    x, y = _dedupe_sorted(cost, 1.0 - np.asarray(error, float))
+    return float(1.0 - y[np.argmin(np.abs(x - at))])
+
+
 def auc(cost, error, lo: float | None = None, hi: float | None = None) -> float:
     """Mean test error over [lo, hi] (default: the curve's own cost range). Lower is better.
 
-    AUC = 1 - (1/(hi-lo)) * integral_lo^hi accuracy(cost) dcost  (the method doc's definition)."""
+    AUC = 1 - (1/(hi-lo)) * integral_lo^hi accuracy(cost) dcost  (the method doc's definition).
+    NaN when the range is a single cost or empty (hi <= lo): there is no area to average over."""
     cost = np.asarray(cost, float)
     acc = 1.0 - np.asarray(error, float)
+    if cost.size == 0:
+        return float("nan")
     lo = float(cost.min()) if lo is None else lo
     hi = float(cost.max()) if hi is None else hi
-    if hi <= lo:
-        x, y = _dedupe_sorted(cost, acc)
-        return float(1.0 - y[np.argmin(np.abs(x - lo))])
+    if not hi > lo:
+        return float("nan")
     return 1.0 - integrate_linear(cost, acc, lo, hi) / (hi - lo)
 
 
@@ -76,16 +84,33 @@ class Comparison:
     hi: float
     auc_a: float
     auc_b: float
+    note: str = ""  # why the comparison is not an area comparison (single shared cost, no shared range)
 
     @property
     def pct_change(self) -> float:
+        if not (np.isfinite(self.auc_a) and np.isfinite(self.auc_b)) or self.auc_b == 0:
+            return float("nan")
         return 100.0 * (self.auc_a - self.auc_b) / self.auc_b
 
 
-def compare_curves(cost_a, error_a, cost_b, error_b) -> Comparison:
-    """AUCs of two test curves over their shared cost range."""
+def compare_curves(cost_a, error_a, cost_b, error_b, *, at_single_cost: bool = False) -> Comparison:
+    """AUCs of two test curves over their shared cost range.
+
+    Without a shared range of positive width there is no area to compare: when the cost ranges do not
+    overlap the AUCs are NaN (note says so); when they share a single cost they are NaN too, unless
+    ``at_single_cost`` (the study protocol), which compares the errors of each curve's point nearest to
+    that cost and says so in ``note``."""
     lo, hi = shared_range(cost_a, cost_b)
-    return Comparison(lo, hi, auc(cost_a, error_a, lo, hi), auc(cost_b, error_b, lo, hi))
+    if hi > lo:
+        return Comparison(lo, hi, auc(cost_a, error_a, lo, hi), auc(cost_b, error_b, lo, hi))
+    nan = float("nan")
+    if hi < lo:
+        return Comparison(lo, hi, nan, nan, f"no shared cost range: one curve costs {hi:.6g} at most, the "
+                                            f"other {lo:.6g} at least")
+    if at_single_cost:
+        return Comparison(lo, hi, error_at_nearest(cost_a, error_a, lo), error_at_nearest(cost_b, error_b, lo),
+                          f"single shared cost {lo:.6g}: errors compared at that cost")
+    return Comparison(lo, hi, nan, nan, f"the curves share a single cost ({lo:.6g}): there is no area to compare")
 
 
 def wilcoxon_less(pct_changes) -> float:
@@ -95,18 +120,3 @@ def wilcoxon_less(pct_changes) -> float:
     if len(x) < 2 or np.all(x == 0):
         return float("nan")
     return float(stats.wilcoxon(x, alternative="less").pvalue)
-
-
-def summarize_by_length(table: pd.DataFrame, value: str = "pct_change") -> pd.DataFrame:
-    """Mean % change per cascade length with the one-sided Wilcoxon p-value, plus k>=3 and all rows."""
-    rows = []
-    for k, g in table.groupby("k"):
-        rows.append({"k": str(k), "n_cascades": len(g), f"mean_{value}": g[value].mean(), "wilcoxon_p": wilcoxon_less(g[value])})
-    ge3 = table[table["k"] >= 3]
-    if len(ge3):
-        per_k = ge3.groupby("k")[value].mean()
-        rows.append({"k": ">=3 (mean of per-k means)", "n_cascades": len(ge3), f"mean_{value}": per_k.mean(),
-                     "wilcoxon_p": wilcoxon_less(ge3[value])})
-    rows.append({"k": "all", "n_cascades": len(table), f"mean_{value}": table[value].mean(),
-                 "wilcoxon_p": wilcoxon_less(table[value])})
-    return pd.DataFrame(rows)

@@ -10,14 +10,18 @@ n in ``n_values`` ("all" = the whole training split) and each of ``n_subsamples`
 
 Each method's test curve is compared with the reference method's (``bayes-opt`` by default) on their
 shared cost range (:func:`cascade.evaluate.curves.compare_curves`): % change = 100 (AUC_m - AUC_ref)/AUC_ref.
-Per cascade the % changes are averaged over subsamples; per cascade length k the per-cascade means are
-averaged, tested with a one-sided paired Wilcoxon signed-rank test (are they below zero?) and given a
-percentile bootstrap interval over cascades. All randomness comes from ``seed``.
+When the two curves share a single cost (a one-point curve, e.g. a fit on a small subsample where every
+threshold routes the training queries alike), the errors of the curves' points nearest that cost are
+compared instead and ``note`` says so; curves without a shared cost give NaN. Per cascade the % changes are
+averaged over subsamples; per cascade length k the per-cascade means are summarised by
+:func:`cascade.evaluate.compare.summarize_by_length` (mean, ``>=3`` = mean of the per-k means, one-sided
+paired Wilcoxon signed-rank test, percentile bootstrap interval over cascades). The calibration transform
+is chosen once per chain (:func:`cascade.evaluate.tuning.choose_transform`). All randomness comes from
+``seed``.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 import warnings
 import zlib
@@ -28,19 +32,10 @@ import pandas as pd
 
 from cascade.evaluate import curves as evaluate
 from cascade.evaluate import tuning as tune
+from cascade.evaluate.compare import bootstrap_ci, cascades_of, summarize_by_length  # noqa: F401
 
 DEFAULT_N_VALUES = ("10", "20", "30", "50", "100", "all")
 DEFAULT_METHODS = ("markov-copula", "bayes-opt", "grid", "random")
-
-
-def cascades_of(chain: list[str], min_len: int = 2) -> list[list[str]]:
-    """Every ordered sub-sequence of length >= min_len of a chain."""
-    if len(chain) < 2:
-        raise ValueError(f"a chain needs at least two models, got {chain}")
-    out = []
-    for L in range(min_len, len(chain) + 1):
-        out += [list(c) for c in itertools.combinations(chain, L)]
-    return out
 
 
 def _seed(*parts) -> int:
@@ -69,7 +64,7 @@ def method_params(method: str, seed: int, overrides: dict | None) -> dict:
     import inspect
 
     cls = tune.get_method(method)
-    params = dict((overrides or {}).get(method, {}))
+    params = cls.validate_params((overrides or {}).get(method, {}))
     if "seed" in inspect.signature(cls.__init__).parameters:
         params.setdefault("seed", seed)
     return params
@@ -77,12 +72,13 @@ def method_params(method: str, seed: int, overrides: dict | None) -> dict:
 
 def run_cell(records: pd.DataFrame, models: list[str], train_ids: np.ndarray, methods: list[str], *,
              seed: int, train_split: str = "train", test_split: str = "test", signal: str = "confidence",
-             cost_mode: str = "model-mean", overrides: dict | None = None, benchmark: str | None = None) -> list[dict]:
+             cost_mode: str = "model-mean", overrides: dict | None = None, benchmark: str | None = None,
+             transform="auto") -> list[dict]:
     """One (cascade, subsample): every method's test curve. Returns one row per method."""
     train_rows = records[(records["split"] == train_split) & records["query_id"].isin(train_ids)]
     sub = pd.concat([train_rows, records[records["split"] == test_split]], ignore_index=True)
     train, test, _ = tune.prepare(sub, models=models, train_split=train_split, test_split=test_split,
-                                  signal=signal, cost_mode=cost_mode, benchmark=benchmark)
+                                  signal=signal, cost_mode=cost_mode, benchmark=benchmark, transform=transform)
     rows = []
     for m in methods:
         t0 = time.perf_counter()
@@ -92,10 +88,11 @@ def run_cell(records: pd.DataFrame, models: list[str], train_ids: np.ndarray, me
                 curve, summary, _ = tune.tune_prepared(train, test, m, method_params(m, seed, overrides))
             rows.append({"method": m, "test_cost": curve["test_cost"].to_numpy(),
                          "test_error": curve["test_error"].to_numpy(), "seconds": time.perf_counter() - t0,
-                         "error": ""})
+                         "error": "", "degenerate": "; ".join(summary["degenerate"])})
         except Exception as e:  # a failing method is reported, not hidden: its AUC is NaN
             rows.append({"method": m, "test_cost": np.array([]), "test_error": np.array([]),
-                         "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"})
+                         "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}",
+                         "degenerate": ""})
     return rows
 
 
@@ -110,15 +107,16 @@ def _cascade_task(records, chain_name, models, subsamples, methods, reference, s
             for r in rows:
                 rec = {"chain": chain_name, "cascade": " -> ".join(models), "k": len(models), "n": str(n),
                        "subsample": s, "method": r["method"], "n_points": len(r["test_cost"]),
-                       "seconds": r["seconds"], "error": r["error"],
+                       "seconds": r["seconds"], "error": r["error"], "degenerate": r["degenerate"],
                        "auc_own": evaluate.auc(r["test_cost"], r["test_error"]) if len(r["test_cost"]) else np.nan}
                 if ref is not None and len(ref["test_cost"]) and len(r["test_cost"]):
-                    cmp = evaluate.compare_curves(r["test_cost"], r["test_error"], ref["test_cost"], ref["test_error"])
+                    cmp = evaluate.compare_curves(r["test_cost"], r["test_error"], ref["test_cost"], ref["test_error"],
+                                                  at_single_cost=True)
                     rec.update({"cost_lo": cmp.lo, "cost_hi": cmp.hi, "auc": cmp.auc_a, "auc_ref": cmp.auc_b,
-                                "pct_change": cmp.pct_change})  # a zero-width range compares at one cost
+                                "pct_change": cmp.pct_change, "note": cmp.note})
                 else:
                     rec.update({"cost_lo": np.nan, "cost_hi": np.nan, "auc": np.nan, "auc_ref": np.nan,
-                                "pct_change": np.nan})
+                                "pct_change": np.nan, "note": "no curve"})
                 out_rows.append(rec)
                 if s == 0:
                     curves.append({"chain": chain_name, "cascade": rec["cascade"], "n": str(n), "method": r["method"],
@@ -135,27 +133,6 @@ class StudyResult:
     meta: dict = field(default_factory=dict)
 
 
-def bootstrap_ci(x, n_boot: int = 2000, level: float = 0.95, seed: int = 0, strata=None) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``x``; with ``strata``, of the mean of the per-stratum
-    means (resampling within each stratum), matching the k >= 3 statistic."""
-    x = np.asarray(x, float)
-    ok = np.isfinite(x)
-    if not ok.any():
-        return (np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    if strata is None:
-        x = x[ok]
-        means = rng.choice(x, size=(n_boot, len(x)), replace=True).mean(axis=1)
-    else:
-        strata = np.asarray(strata)[ok]
-        x = x[ok]
-        per = [rng.choice(x[strata == s], size=(n_boot, int((strata == s).sum())), replace=True).mean(axis=1)
-               for s in np.unique(strata)]
-        means = np.mean(per, axis=0)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
 def _summarize_one(runs: pd.DataFrame, reference: str, seed: int, groups: dict, chain_label: str):
     pcs, rows = [], []
     for gname, ns in groups.items():
@@ -168,23 +145,15 @@ def _summarize_one(runs: pd.DataFrame, reference: str, seed: int, groups: dict, 
         pc.insert(0, "n", gname)
         pcs.append(pc)
         for m, g in pc.groupby("method"):
-            parts = [(str(k), gk) for k, gk in g.groupby("k")]
-            ge3 = g[g["k"] >= 3]
-            if len(ge3):
-                parts.append((">=3", ge3))
-            parts.append(("all", g))
-            for kname, gk in parts:
-                x = gk["pct_change"].to_numpy(float)
-                if kname == ">=3":
-                    mean = float(gk.groupby("k")["pct_change"].mean().mean())  # mean of per-k means (paper)
-                else:
-                    mean = float(np.nanmean(x)) if np.isfinite(x).any() else np.nan
-                strata = gk["k"].to_numpy() if kname == ">=3" else None
-                lo, hi = bootstrap_ci(x, seed=_seed(seed, chain_label, gname, m, kname), strata=strata)
-                rows.append({"chain": chain_label, "n": gname, "method": m, "vs": reference, "k": kname,
-                             "n_cascades": int(len(gk)), "mean_pct_change": mean, "ci95_lo": lo, "ci95_hi": hi,
-                             "wilcoxon_p_less": evaluate.wilcoxon_less(x),
-                             "mean_auc": float(gk["auc"].mean()), "mean_auc_ref": float(gk["auc_ref"].mean())})
+            summ = summarize_by_length(g, ci_seed=lambda kname: _seed(seed, chain_label, gname, m, kname),
+                                       extra_means=("auc", "auc_ref"))
+            summ = summ.rename(columns={"wilcoxon_p": "wilcoxon_p_less"})
+            summ.insert(0, "vs", reference)
+            summ.insert(0, "method", m)
+            summ.insert(0, "n", gname)
+            summ.insert(0, "chain", chain_label)
+            rows += summ[["chain", "n", "method", "vs", "k", "n_cascades", "mean_pct_change", "ci95_lo", "ci95_hi",
+                          "wilcoxon_p_less", "mean_auc", "mean_auc_ref"]].to_dict("records")
     return pcs, rows
 
 
@@ -216,35 +185,45 @@ def run_study(chains: dict[str, pd.DataFrame], *, chain_models: dict[str, list[s
               methods=DEFAULT_METHODS, reference: str = "bayes-opt", n_values=DEFAULT_N_VALUES,
               n_subsamples: int = 20, seed: int = 0, n_jobs: int = 1, overrides: dict | None = None,
               train_split: str = "train", test_split: str = "test", signal: str = "confidence",
-              cost_mode: str = "model-mean", max_len: int | None = None, progress=None) -> StudyResult:
+              cost_mode: str = "model-mean", max_len: int | None = None, transform="auto",
+              progress=None) -> StudyResult:
     """Run the protocol. ``chains`` maps a chain name to its records (one benchmark); the chain's order is
-    ``chain_models[name]`` or the order in which models first appear in the records."""
+    ``chain_models[name]`` or the order in which models first appear in the records. ``transform``:
+    auto | one-sided | two-sided | identity, chosen once per chain (``meta["transforms"]``)."""
     methods = list(methods)
     if not methods:
         raise ValueError("no methods given")
     for m in methods:
         tune.get_method(m)  # unknown method -> ValueError naming the choices
+    for m, p in (overrides or {}).items():
+        if m not in methods:
+            raise ValueError(f"--param {m}.*: {m} is not among the methods ({', '.join(methods)})")
+        tune.get_method(m).validate_params(p)  # unknown parameter -> ValueError naming the valid ones
     if reference not in methods:
         raise ValueError(f"the reference method {reference!r} must be one of the methods {methods}")
     if n_subsamples < 1:
         raise ValueError("n_subsamples must be >= 1")
     kw = dict(train_split=train_split, test_split=test_split, signal=signal, cost_mode=cost_mode,
               overrides=overrides)
-    tasks = []
+    tasks, transforms = [], {}
     for name, recs in chains.items():
         order = (chain_models or {}).get(name) or list(dict.fromkeys(recs["model"]))
         train_ids = recs.loc[recs["split"] == train_split, "query_id"].unique()
         if len(train_ids) == 0:
             raise ValueError(f"chain {name}: the training split {train_split!r} is empty")
         subsamples = {str(n): subsample_ids(train_ids, n, n_subsamples, seed, name) for n in n_values}
-        for models in cascades_of(order):
+        chain_cascades = cascades_of(order)
+        choice = tune.choose_transform(recs, models=order, signal=signal, splits=(train_split, test_split),
+                                       transform=transform)
+        transforms[name] = {"transform": choice.name, "transform_reason": choice.reason}
+        for models in chain_cascades:
             if max_len is None or len(models) <= max_len:
-                tasks.append((recs, name, models, subsamples))
+                tasks.append((recs, name, models, subsamples, dict(kw, transform=choice)))
     t0 = time.perf_counter()
     if n_jobs == 1:
         results = []
-        for i, (recs, name, models, subs) in enumerate(tasks):
-            results.append(_cascade_task(recs, name, models, subs, methods, reference, seed, kw))
+        for i, (recs, name, models, subs, task_kw) in enumerate(tasks):
+            results.append(_cascade_task(recs, name, models, subs, methods, reference, seed, task_kw))
             if progress:
                 progress(f"[{i + 1}/{len(tasks)}] {name}: {' -> '.join(models)} ({time.perf_counter() - t0:.0f}s)")
     else:
@@ -253,7 +232,8 @@ def run_study(chains: dict[str, pd.DataFrame], *, chain_models: dict[str, list[s
         # longest cascades first so the pool stays busy
         order_idx = sorted(range(len(tasks)), key=lambda i: -len(tasks[i][2]))
         res = Parallel(n_jobs=n_jobs, verbose=5 if progress else 0)(
-            delayed(_cascade_task)(tasks[i][0], tasks[i][1], tasks[i][2], tasks[i][3], methods, reference, seed, kw)
+            delayed(_cascade_task)(tasks[i][0], tasks[i][1], tasks[i][2], tasks[i][3], methods, reference, seed,
+                                   tasks[i][4])
             for i in order_idx)
         results = [None] * len(tasks)
         for i, r in zip(order_idx, res):
@@ -264,7 +244,8 @@ def run_study(chains: dict[str, pd.DataFrame], *, chain_models: dict[str, list[s
     meta = {"methods": methods, "reference": reference, "n_values": list(map(str, n_values)),
             "n_subsamples": n_subsamples, "seed": seed, "n_jobs": n_jobs, "cost_mode": cost_mode,
             "signal": signal, "n_cascades": len(tasks), "seconds": time.perf_counter() - t0,
-            "overrides": overrides or {}}
+            "overrides": overrides or {}, "transforms": transforms,
+            "n_degenerate_fits": int((runs["degenerate"] != "").sum()) if len(runs) else 0}
     return StudyResult(runs, per_cascade, summary, curves, meta)
 
 
@@ -322,7 +303,8 @@ def plot_curves(curves: pd.DataFrame, outdir, n: str = "all") -> list:
 
 def margin_study(records: pd.DataFrame, models: list[str], *, signal: str = "conf_top2_margin",
                  train_split: str = "train", test_split: str = "test", benchmark: str | None = None,
-                 n_budgets: int = 100, n_orders: int = 3, warmup: int = 20, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 n_budgets: int = 100, n_orders: int = 3, warmup: int = 20, seed: int = 0,
+                 transform="auto") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Margin sampling online (on the test stream) vs offline (quantiles fitted on train) vs random routing,
     for a two-model cascade, at the same ``n_budgets`` budgets between the cheap model's cost and the cost
     of always escalating (model-mean costs, USD per million queries). Returns (per-budget frame, summary)."""
@@ -331,7 +313,7 @@ def margin_study(records: pd.DataFrame, models: list[str], *, signal: str = "con
     if len(models) != 2:
         raise ValueError(f"margin sampling compares a cheap and an expensive model; got {len(models)} models")
     train, test, _ = tune.prepare(records, models=models, train_split=train_split, test_split=test_split,
-                                  signal=signal, cost_mode="model-mean", benchmark=benchmark)
+                                  signal=signal, cost_mode="model-mean", benchmark=benchmark, transform=transform)
     from cascade.data.records import cascade_data
 
     raw_test = cascade_data(records, models, test_split, signal=signal, benchmark=benchmark)

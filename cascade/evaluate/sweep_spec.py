@@ -16,6 +16,11 @@ Example (``examples/sweep-medmcqa.yaml``)::
     sample_sizes: [30, all]
     seeds: [0, 1]
 
+A records entry may set ``signal`` (default ``confidence``) and ``transform`` (``auto``, ``one-sided``,
+``two-sided``, ``identity``; ``auto`` is decided on the entry's chain, as ``cascade tune`` does). Method
+``params`` are checked against the method's declared parameters when the spec is loaded (so
+``--dry-run`` refuses a misspelt one).
+
 A records entry may instead name a scoring config (``score: score-mmlu-tiny.yaml``): the sweep scores
 first (skipping finished shards) and tunes on the config's output folder.
 """
@@ -35,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cascade.evaluate import study as protocol
 from cascade.evaluate import tuning as tune
+from cascade.evaluate.compare import cascades_of
 from cascade.scoring.config import format_validation_error, read_yaml, resolve_path
 from cascade.data.records import fingerprint
 
@@ -60,6 +66,11 @@ class MethodSpec(_Strict):
             raise ValueError(str(e).strip("'\"")) from None
         return v
 
+    @model_validator(mode="after")
+    def _params(self):
+        self.params = tune.get_method(self.name).validate_params(self.params)
+        return self
+
 
 class RecordsSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -71,6 +82,7 @@ class RecordsSpec(_Strict):
     min_len: int = Field(2, ge=2)
     max_len: int | None = Field(None, ge=2)
     signal: str = "confidence"
+    transform: Literal["auto", "one-sided", "two-sided", "identity"] = "auto"
     train_split: str = "train"
     test_split: str = "test"
 
@@ -90,18 +102,17 @@ class RecordsSpec(_Strict):
 class SweepSpec(_Strict):
     experiment: str = Field(min_length=1, description="MLflow experiment of the sweep")
     records: list[RecordsSpec] = Field(min_length=1)
-    methods: list[Union[str, MethodSpec]] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1, description="method names or {name, params} entries")
     sample_sizes: list[Union[int, Literal["all"]]] = Field(default_factory=lambda: ["all"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     cost: Literal["model-mean", "per-query"] = "model-mean"
     calibration: Literal["auto", "none"] = "auto"
     out: str = Field("../runs/sweeps", description="where each cell's curve.parquet/summary.json go")
 
-    @field_validator("methods")
+    @field_validator("methods", mode="before")
     @classmethod
     def _methods(cls, v):
-        out = [MethodSpec(name=m) if isinstance(m, str) else m for m in v]
-        return out
+        return [{"name": m} if isinstance(m, str) else m for m in v] if isinstance(v, list) else v
 
     @field_validator("sample_sizes")
     @classmethod
@@ -148,7 +159,7 @@ def cascades_for(r: RecordsSpec) -> list[list[str]]:
         return [list(c) for c in r.cascades]
     chain = r.chain
     out = []
-    for c in protocol.cascades_of(chain, r.min_len):
+    for c in cascades_of(chain, r.min_len):
         if r.max_len is None or len(c) <= r.max_len:
             out.append(c)
     return out
@@ -171,11 +182,16 @@ class Cell:
     calibration: str
     data_fingerprint: str
     key: str = field(default="", compare=False)
+    transform: str = "auto"
+    chain: tuple = ()  # the records entry's chain: `auto` decides the transform on all of it
 
     def config(self) -> dict:
         d = asdict(self)
         d.pop("key")
         d.pop("records_path")  # where the data lives does not change the cell; what it holds does
+        d.pop("chain")
+        if d["transform"] == "auto":  # the default keeps the keys of cells written before the option existed
+            d.pop("transform")
         d["cascade"] = list(self.cascade)
         d["params"] = dict(self.params)
         return d
@@ -213,9 +229,9 @@ def expand(spec: SweepSpec, fingerprints: dict[str, str] | None = None) -> list[
                     for seed in spec.seeds:
                         c = Cell(r.name, path, r.benchmark, tuple(casc), m.name, tuple(sorted(m.params.items())),
                                  str(n), int(seed), r.signal, r.train_split, r.test_split, spec.cost,
-                                 spec.calibration, fp)
+                                 spec.calibration, fp, transform=r.transform, chain=tuple(r.chain))
                         cells.append(Cell(**{**asdict(c), "cascade": c.cascade, "params": c.params,
-                                             "key": cell_key(c.config())}))
+                                             "chain": c.chain, "key": cell_key(c.config())}))
     return cells
 
 
@@ -229,9 +245,13 @@ def run_cell(records: pd.DataFrame, cell: Cell) -> tune.TuneResult:
         ids = protocol.subsample_ids(train_ids, int(cell.n), 1, cell.seed, " -> ".join(cell.cascade))[0]
         df = df[(df["split"] != cell.train_split) | df["query_id"].isin(ids)]
     params = protocol.method_params(cell.method, cell.seed, {cell.method: dict(cell.params)})
+    chain = [m for m in (cell.chain or cell.cascade) if m in set(df["model"])] or list(cell.cascade)
+    transform = tune.choose_transform(df, models=chain, signal=cell.signal,
+                                      splits=(cell.train_split, cell.test_split), transform=cell.transform,
+                                      calibration=cell.calibration)
     res = tune.run_tuning(df, models=list(cell.cascade), method=cell.method, benchmark=cell.benchmark,
                           train_split=cell.train_split, test_split=cell.test_split, cost_mode=cell.cost,
-                          calibration=cell.calibration, signal=cell.signal, params=params)
+                          calibration=cell.calibration, signal=cell.signal, transform=transform, params=params)
     res.summary.update({"cell_key": cell.key, "n": cell.n, "seed": cell.seed, "records": cell.records})
     return res
 

@@ -1,8 +1,19 @@
 """Calibration of raw confidence signals into P(correct | signal), per model (method doc, section 1).
 
-Raw signals are log-probabilities l = log p (possibly 0 or -inf). They are transformed, then a
-logistic regression (intercept + slope, unpenalised maximum likelihood, statsmodels ``Logit``) of
-correctness on the transformed value gives the calibrated confidence c = sigmoid(a + b t).
+A raw signal is transformed, then a logistic regression (intercept + slope, unpenalised maximum
+likelihood, statsmodels ``Logit``) of correctness on the transformed value gives the calibrated
+confidence c = sigmoid(a + b t). Transforms:
+
+- ``one-sided``: answer log-probabilities l = log p in [-inf, 0]: t = -log(1 - p) (l = -inf is p = 0,
+  l = 0 is p = 1);
+- ``two-sided``: P(True) log-probabilities in [-inf, 0]: t = log(2p) below p = 1/2, -log(2(1 - p)) above;
+- ``identity``: any other score (margins, logits, probabilities) as it is; +-inf are its extreme ranks.
+
+A log-probability cannot exceed 0: the two log-prob transforms refuse values above
+:data:`LOGPROB_TOL` (and read values in (0, LOGPROB_TOL], float32 rounding of log-softmax, as 0).
+:func:`auto_transform` chooses the transform of a signal from the signal registry
+(:mod:`cascade.scoring.signals`) and, for a column the registry does not know (the generic
+``confidence``), from its values.
 """
 
 from __future__ import annotations
@@ -13,10 +24,36 @@ import numpy as np
 import statsmodels.api as sm
 from scipy.special import expit
 
+from cascade.scoring import signals as signal_registry
+
+#: Log-probabilities in (0, LOGPROB_TOL] are read as 0 (rounding); larger ones are refused.
+LOGPROB_TOL = 1e-6
+#: Transformed values further than this many interquartile ranges outside the training quartiles are
+#: treated as the extreme ranks (clipped), as +-inf are: keeps the logistic fit finite for values such
+#: as +-1e308 and leaves ordinary signals untouched.
+CLIP_IQR = 1e4
+#: An unregistered column whose values are <= 0 except for fewer than this share (or except for +inf
+#: values) is refused by ``auto``: it looks like log-probabilities with wrong values.
+MIXED_SHARE = 0.05
+
+
+class TransformError(ValueError):
+    """Signal values outside a transform's domain (e.g. a log-probability above 0)."""
+
+
+def _logprob(logp, name: str) -> np.ndarray:
+    l = np.asarray(logp, float)
+    bad = np.isnan(l) | (l > LOGPROB_TOL)
+    if bad.any():
+        ex = l[bad][:3].tolist()
+        raise TransformError(f"{name} needs log-probabilities <= 0; got {int(bad.sum())} value(s) above 0 or NaN "
+                             f"(e.g. {', '.join(map(repr, ex))})")
+    return np.minimum(l, 0.0)
+
 
 def one_sided(logp) -> np.ndarray:
     """t = -log(1 - p), computed stably: l near 0 -> -log(-l), l < -10 -> exp(l); l = 0 -> +inf."""
-    l = np.asarray(logp, float)
+    l = _logprob(logp, "the one-sided transform")
     out = np.empty_like(l)
     perfect = l == 0.0
     near_one = (l > -1e-5) & (l < 0.0)
@@ -31,7 +68,7 @@ def one_sided(logp) -> np.ndarray:
 
 def two_sided(logp) -> np.ndarray:
     """For P(True)-style signals: t = log(2p) if p < 1/2, else -log(2(1-p))."""
-    l = np.asarray(logp, float)
+    l = _logprob(logp, "the two-sided transform")
     out = np.empty_like(l)
     hi = l >= np.log(0.5)
     out[hi] = -np.log(2.0) + one_sided(l[hi])
@@ -49,8 +86,12 @@ TRANSFORMS = {"one-sided": one_sided, "two-sided": two_sided, "identity": identi
 class LogisticCalibrator:
     """scikit-learn style: ``LogisticCalibrator(transform).fit(signal, correct).predict(signal)``.
 
-    +inf transformed values become the largest finite training value and -inf the smallest; the same
-    constants are used on new data. Soft labels (correct in [0, 1]) are allowed (quasi-likelihood).
+    Transformed values are clipped to the training quartiles +- :data:`CLIP_IQR` interquartile ranges
+    (a no-op for ordinary signals); +inf then becomes the largest finite training value and -inf the
+    smallest (when the finite training values are all equal or absent, one beyond them: the order is kept). The same constants are used
+    on new data. Soft labels (correct in [0, 1]) are allowed (quasi-likelihood). The calibrated
+    confidences are always finite: a fit whose coefficients are not finite falls back to a penalised fit,
+    then to the intercept (the training accuracy).
     """
 
     def __init__(self, transform: str = "one-sided"):
@@ -60,6 +101,7 @@ class LogisticCalibrator:
 
     def _prepare(self, signal) -> np.ndarray:
         t = TRANSFORMS[self.transform](signal)
+        t = np.where(np.isfinite(t), np.clip(t, self.clip_[0], self.clip_[1]), t)
         t = np.where(np.isposinf(t), self.pos_inf_, t)
         t = np.where(np.isneginf(t), self.neg_inf_, t)
         return t
@@ -67,10 +109,18 @@ class LogisticCalibrator:
     def fit(self, signal, correct) -> "LogisticCalibrator":
         t = TRANSFORMS[self.transform](signal)
         finite = t[np.isfinite(t)]
-        if finite.size == 0:
-            raise ValueError("calibration needs at least one finite signal value")
-        self.pos_inf_ = float(finite.max())
-        self.neg_inf_ = float(finite.min())
+        if finite.size:
+            q1, q3 = np.quantile(finite, [0.25, 0.75])
+            spread = (q3 - q1) if np.isfinite(q3 - q1) and q3 > q1 else 1.0
+            self.clip_ = (float(max(q1 - CLIP_IQR * spread, -1e100)), float(min(q3 + CLIP_IQR * spread, 1e100)))
+            finite = np.clip(finite, *self.clip_)
+            self.pos_inf_ = float(finite.max())
+            self.neg_inf_ = float(finite.min())
+            if self.pos_inf_ == self.neg_inf_:  # one finite value: +-inf go beyond it, keeping the order
+                self.pos_inf_, self.neg_inf_ = self.pos_inf_ + 1.0, self.neg_inf_ - 1.0
+        else:  # only +-inf: keep their order
+            self.clip_ = (-np.inf, np.inf)
+            self.pos_inf_, self.neg_inf_ = 1.0, -1.0
         t = self._prepare(signal)
         y = np.asarray(correct, float)
         X = sm.add_constant(t, has_constant="add")
@@ -83,13 +133,18 @@ class LogisticCalibrator:
                     if np.all(np.isfinite(res.params)):
                         self.coef_ = np.asarray(res.params, float)
                 except Exception:  # perfect separation and friends: fall back to a penalised fit
-                    res = sm.Logit(y, X).fit_regularized(alpha=1e-3, disp=0)
-                    self.coef_ = np.asarray(res.params, float)
+                    try:
+                        res = sm.Logit(y, X).fit_regularized(alpha=1e-3, disp=0)
+                        if np.all(np.isfinite(res.params)):
+                            self.coef_ = np.asarray(res.params, float)
+                    except Exception:  # keep the intercept-only fit
+                        pass
         return self
 
     def predict(self, signal) -> np.ndarray:
         t = self._prepare(signal)
-        return expit(self.coef_[0] + self.coef_[1] * t)
+        with np.errstate(over="ignore"):
+            return expit(self.coef_[0] + self.coef_[1] * t)
 
 
 class IdentityCalibrator:
@@ -113,12 +168,54 @@ def make_calibrator(calibration: str, transform: str = "one-sided"):
     raise ValueError(f"unknown calibration {calibration!r}; use auto or none")
 
 
-def default_transform(signal: str, benchmark: str | None = None) -> str:
-    """The transform the method doc prescribes for a signal: two-sided for P(True), else one-sided
-    (answer log-probabilities); margins and other non-log-prob signals are used as they are."""
-    s = signal.lower()
-    if "ptrue" in s or "p_true" in s:
-        return "two-sided"
-    if "margin" in s or "logit" in s or "likelihood" in s:
-        return "identity"
-    return "one-sided"
+def _describe_range(v: np.ndarray) -> str:
+    return f"[{v.min():.4g}, {v.max():.4g}]"
+
+
+def auto_transform(column: str, values) -> tuple[str, str]:
+    """The transform ``auto`` picks for signal ``column`` with raw ``values`` (train and test, every
+    model of the cascade), and why (one sentence). Raises :class:`TransformError` when the values
+    contradict every reading.
+
+    - A registered signal (:func:`cascade.scoring.signals.by_column`) gets its registered transform
+      (its values are then checked against it by :func:`check_domain`).
+    - Any other column (the generic ``confidence``, unregistered ``conf_*``) is decided by its values:
+      all <= 0: answer log-probabilities, one-sided; all in [0, 1]: probabilities, identity; values
+      <= 0 except some +inf, or except fewer than :data:`MIXED_SHARE` above 0: refused (they look like
+      log-probabilities with wrong values; ``--transform identity`` takes them as a score); otherwise a
+      score of both signs, identity.
+    """
+    v = np.asarray(values, float)
+    sig = signal_registry.by_column(column)
+    if sig is not None:
+        return sig.transform, (f"{column} is the registered signal {sig.name!r} ({sig.description}): "
+                               f"{sig.transform}")
+    if v.size == 0:
+        raise TransformError(f"signal {column!r} has no values")
+    finite = v[np.isfinite(v)]
+    rng = _describe_range(v)
+    if not (v > 0).any():
+        return "one-sided", (f"{column} is not a registered signal and its values lie in {rng} (all <= 0): "
+                             f"answer log-probabilities, one-sided; for P(True) log-probs name the column "
+                             f"conf_ptrue or pass --transform two-sided")
+    if (v >= 0).all() and (v <= 1).all():
+        return "identity", (f"{column} is not a registered signal and its values lie in {rng} (within [0, 1], "
+                            f"not all <= 0): probabilities or bounded scores, identity")
+    n_pos = int((v > 0).sum())
+    only_inf = finite.size > 0 and bool((finite <= 0).all())
+    if (v < 0).any() and (only_inf or n_pos < MIXED_SHARE * v.size):
+        what = "+inf" if only_inf else "above 0"
+        raise TransformError(
+            f"signal {column!r} looks like log-probabilities ({v.size - n_pos} of {v.size} values <= 0) but {n_pos} "
+            f"value(s) are {what}; a log-probability is <= 0 (certain = 0, impossible = -inf): fix those values, "
+            f"or pass --transform identity to use the column as a plain score")
+    return "identity", (f"{column} is not a registered signal and its values lie in {rng} ({n_pos} of {v.size} "
+                        f"> 0): not log-probabilities, a score of both signs, identity")
+
+
+def check_domain(transform: str, values) -> None:
+    """Raise :class:`TransformError` if ``values`` lie outside ``transform``'s domain."""
+    if transform in ("one-sided", "two-sided"):
+        _logprob(values, f"the {transform} transform")
+    elif transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; choose one of auto, {', '.join(TRANSFORMS)}")

@@ -1,4 +1,8 @@
-"""``cascade study``: the baselines comparison protocol (issue 4) and the margin-sampling study."""
+"""``cascade study``: the baselines comparison protocol (issue 4) and the margin-sampling study.
+
+Argument parsing only; the protocol is :mod:`cascade.evaluate.study`. Heavy imports stay inside the
+functions so that ``cascade --help`` starts fast.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-
-from cascade.evaluate import study as protocol
-from cascade.data import records
-
-
-def _parse_param(items):
-    """--param METHOD.NAME=VALUE -> {method: {name: value}}."""
-    from jobs.commands.tune import _parse_value
-
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--param {item!r}: use METHOD.NAME=VALUE, e.g. --param bayes-opt.n_trials=100")
-        key, v = item.split("=", 1)
-        method, name = key.rsplit(".", 1)
-        out.setdefault(method.strip(), {})[name.strip().replace("-", "_")] = _parse_value(v.strip())
-    return out
+DEFAULT_METHODS = "markov-copula,bayes-opt,grid,random"  # cascade.evaluate.study.DEFAULT_METHODS
+DEFAULT_N_VALUES = "10,20,30,50,100,all"  # cascade.evaluate.study.DEFAULT_N_VALUES
 
 
 def _chains(specs, benchmark):
+    from cascade.data import records
+
     chains, orders = {}, {}
     for spec in specs:
         name, _, rest = spec.partition("=") if "=" in spec else (None, None, spec)
@@ -54,16 +45,20 @@ def register(sub) -> None:
                         "order in the records). Repeat for several chains.")
     p.add_argument("--benchmark")
     p.add_argument("--protocol", choices=["compare", "margin"], default="compare")
-    p.add_argument("--methods", default=",".join(protocol.DEFAULT_METHODS))
+    p.add_argument("--methods", default=DEFAULT_METHODS)
     p.add_argument("--reference", default="bayes-opt")
-    p.add_argument("--n-values", default=",".join(protocol.DEFAULT_N_VALUES),
+    p.add_argument("--n-values", default=DEFAULT_N_VALUES,
                    help="training sizes, 'all' = the whole training split")
     p.add_argument("--subsamples", type=int, default=20, help="random subsamples per n (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="parallel processes (joblib)")
     p.add_argument("--max-len", type=int, default=None, help="only cascades up to this length")
-    p.add_argument("--param", action="append", default=[], help="METHOD.NAME=VALUE, repeatable")
+    p.add_argument("--param", action="append", default=[],
+                   help="METHOD.NAME=VALUE, repeatable; checked against the method's parameters before any work")
     p.add_argument("--signal", default=None, help="confidence signal (compare: confidence; margin: conf_top2_margin)")
+    p.add_argument("--transform", default="auto", choices=["auto", "one-sided", "two-sided", "identity"],
+                   help="calibration transform of the signal (see `cascade tune --help`); auto is chosen once per "
+                        "chain and printed")
     p.add_argument("--cost", default="model-mean", choices=["model-mean", "per-query"])
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--models", help="margin protocol: cheap,expensive")
@@ -75,7 +70,19 @@ def register(sub) -> None:
 
 
 def run_study_cmd(args) -> int:
-    out = Path(args.out)
+    from cascade.evaluate import study as protocol
+    from cascade.evaluate import tuning as tune
+    from cascade.evaluate.outputs import check_out, parse_method_params
+
+    out = check_out(args.out, unit=False)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    overrides = parse_method_params(args.param)
+    for m in methods:
+        tune.get_method(m)
+    for m, p in overrides.items():
+        if m not in methods:
+            raise ValueError(f"--param {m}.*: {m} is not among --methods ({', '.join(methods)})")
+        tune.get_method(m).validate_params(p)
     chains, orders = _chains(args.results, args.benchmark)
     out.mkdir(parents=True, exist_ok=True)
     if args.protocol == "margin":
@@ -85,7 +92,8 @@ def run_study_cmd(args) -> int:
             raise ValueError("--protocol margin needs --models cheap,expensive")
         frame, summary = protocol.margin_study(df, models, signal=args.signal or "conf_top2_margin",
                                                benchmark=args.benchmark, n_budgets=args.budgets,
-                                               n_orders=args.orders, warmup=args.warmup, seed=args.seed)
+                                               n_orders=args.orders, warmup=args.warmup, seed=args.seed,
+                                               transform=args.transform)
         frame.to_csv(out / "margin_budgets.csv", index=False)
         summary.to_csv(out / "margin_summary.csv", index=False)
         text = summary.to_string(index=False)
@@ -94,11 +102,13 @@ def run_study_cmd(args) -> int:
         return 0
     t0 = time.time()
     res = protocol.run_study(
-        chains, chain_models=orders, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        chains, chain_models=orders, methods=methods,
         reference=args.reference, n_values=[v.strip() for v in args.n_values.split(",") if v.strip()],
-        n_subsamples=args.subsamples, seed=args.seed, n_jobs=args.jobs, overrides=_parse_param(args.param),
-        signal=args.signal or "confidence", cost_mode=args.cost, max_len=args.max_len,
+        n_subsamples=args.subsamples, seed=args.seed, n_jobs=args.jobs, overrides=overrides,
+        signal=args.signal or "confidence", cost_mode=args.cost, max_len=args.max_len, transform=args.transform,
         progress=lambda s: print(s, file=sys.stderr, flush=True))
+    for name, t in res.meta["transforms"].items():
+        print(f"cascade study: chain {name}: transform {t['transform']}: {t['transform_reason']}", file=sys.stderr)
     res.runs.to_csv(out / "runs.csv", index=False)
     res.per_cascade.to_csv(out / "per_cascade.csv", index=False)
     res.summary.to_csv(out / "summary.csv", index=False)
@@ -113,4 +123,7 @@ def run_study_cmd(args) -> int:
     print(table)
     if len(failed):
         print(f"{len(failed)} fit(s) failed; see runs.csv column 'error'", file=sys.stderr)
+    if res.meta["n_degenerate_fits"]:
+        print(f"cascade study: warning: {res.meta['n_degenerate_fits']} fit(s) are degenerate (e.g. a subsample where "
+              "a model is always right); see runs.csv column 'degenerate'", file=sys.stderr)
     return 0

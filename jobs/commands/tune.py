@@ -1,43 +1,37 @@
-"""``cascade tune`` and ``cascade compare``."""
+"""``cascade tune`` and ``cascade compare``: argument parsing and printing only.
+
+The work is library code: :mod:`cascade.evaluate.tuning` (transform choice, calibration, fit, curve),
+:mod:`cascade.evaluate.outputs` (``--out`` checks, atomic output folders, ``--param`` parsing) and
+:mod:`cascade.evaluate.compare` (cascades of a chain, comparison table, per-length summary). Heavy
+imports stay inside the functions so that ``cascade --help`` starts fast.
+"""
 
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
-import os
-import tempfile
+import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from cascade.evaluate import curves as evaluate
-from cascade.data import records
-from cascade.evaluate import tuning as tune
-
-
-def _parse_value(v: str):
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    if v.lower() in ("none", "null"):
-        return None
-    return v
+_MOVED = {  # old names kept importable from here until every caller uses the library module
+    "write_outputs": ("cascade.evaluate.outputs", "write_outputs"),
+    "parse_params": ("cascade.evaluate.outputs", "parse_params"),
+    "_parse_value": ("cascade.evaluate.outputs", "parse_value"),
+    "cascades_of": ("cascade.evaluate.compare", "cascades_of"),
+    "compare_table": ("cascade.evaluate.compare", "compare_table"),
+}
 
 
-def parse_params(items: list[str]) -> dict:
-    params = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--param {item!r}: use NAME=VALUE, e.g. --param n_quantiles=20")
-        k, v = item.split("=", 1)
-        params[k.strip().replace("-", "_")] = _parse_value(v.strip())
-    return params
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+
+        mod, attr = _MOVED[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+TRANSFORM_HELP = ("calibration transform of the signal: auto (the signal registry for conf_* columns, else the "
+                  "values: all <= 0 -> one-sided answer log-probs, in [0, 1] -> identity; prints its choice), "
+                  "one-sided (answer log-probs), two-sided (P(True) log-probs), identity (margins, scores)")
 
 
 def register(sub) -> None:
@@ -54,20 +48,23 @@ def register(sub) -> None:
     p.add_argument("--method", default="markov-copula", help="tuning method (markov-copula, grid, ...)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="test")
-    p.add_argument("--cost", default="model-mean", choices=tune.COST_MODES,
+    p.add_argument("--cost", default="model-mean", choices=["per-query", "model-mean"],
                    help="per-query: each query's own cost; model-mean: each model's mean cost on the split "
                         "(train mean to tune, test mean to score)")
     p.add_argument("--calibration", default="auto", choices=["auto", "none"],
                    help="auto: logistic calibration fitted on the training split; none: the signal is P(correct)")
     p.add_argument("--signal", default=None,
                    help="confidence-signal column (default: 'confidence', else 'conf_mean_logprob')")
+    p.add_argument("--transform", default="auto", choices=["auto", "one-sided", "two-sided", "identity"],
+                   help=TRANSFORM_HELP)
     p.add_argument("--lambda-stop", default="cascade", choices=["cascade", "cheapest"],
                    help="markov-copula: stop the lambda path near the cascade's first model's cost (cascade) or "
                         "near the cheapest model of the benchmark (cheapest, the release's behaviour)")
     p.add_argument("--gof", action="store_true", help="markov-copula: add a goodness-of-fit report")
     p.add_argument("--gof-bootstrap", type=int, default=100, help="bootstrap replicates for goodness-of-fit p-values")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="a method parameter, e.g. --param score=calibrated (grid) or --param integration=exact")
+                   help="a method parameter, e.g. --param score=calibrated (grid) or --param integration=exact; "
+                        "checked against the method's parameters before any work")
     p.add_argument("--seed", type=int, default=0, help="seed for methods and bootstraps that draw random numbers")
     p.add_argument("--out", required=True, help="output folder")
     add_tracking_args(p)
@@ -106,14 +103,16 @@ def track_outputs(args, out_dirs: list[Path], benchmark: str, records_path, reco
                                       parent_run_id=parent.info.run_id)
     except tracking.TrackingUnavailable as e:
         print(f"cascade tune: tracking failed: {e}\n  the results are safe under {args.out}; log them later with "
-              f"`cascade log {args.out} --results {records_path}`", file=__import__("sys").stderr)
+              f"`cascade log {args.out} --results {records_path}`", file=sys.stderr)
         return 3
     print(f"logged {len(out_dirs)} run(s) to MLflow experiment {experiment!r} at "
           f"{tracking.tracking_uri(args.tracking_uri)}")
     return 0
 
 
-def _default_signal(df: pd.DataFrame) -> str:
+def _default_signal(df) -> str:
+    from cascade.data import records
+
     if "confidence" in df.columns:
         return "confidence"
     sigs = records.signal_columns(df.columns)
@@ -124,46 +123,30 @@ def _default_signal(df: pd.DataFrame) -> str:
     raise ValueError("the records hold no confidence-signal column")
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def write_outputs(out: Path, curve: pd.DataFrame, summary: dict) -> None:
-    _write_atomic(out / "curve.parquet", lambda p: curve.to_parquet(p, index=False))
-    _write_atomic(out / "summary.json",
-                  lambda p: Path(p).write_text(json.dumps(summary, indent=2, default=_json_default)))
-
-
-def cascades_of(chain: list[str]) -> list[list[str]]:
-    """Every ordered sub-sequence of length >= 2 of a chain, in the release's order (by last model)."""
-    out = []
-    for last in range(1, len(chain)):
-        for r in range(1, last + 1):
-            for pre in itertools.combinations(range(last), r):
-                out.append([chain[i] for i in pre] + [chain[last]])
-    return out
+def _warn(cmd: str, msg: str) -> None:
+    print(f"cascade {cmd}: warning: {msg}", file=sys.stderr)
 
 
 def run_tune(args) -> int:
+    import pandas as pd
+
+    from cascade.data import records
+    from cascade.evaluate import compare, outputs
+    from cascade.evaluate import tuning as tune
+
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    params = parse_params(args.param)
+    if len(models) < 2:
+        raise ValueError(f"--models {args.models!r}: a cascade needs at least two models, e.g. --models small,large")
+    if len(set(models)) != len(models):
+        raise ValueError(f"--models lists a model twice: {models}")
     cls = tune.get_method(args.method)
+    params = cls.validate_params(outputs.parse_params(args.param))
+    cascades = compare.cascades_of(models) if args.all_cascades else [models]
+    out = outputs.check_out(args.out, unit=not args.all_cascades)
+    folders = outputs.cascade_folders(cascades) if args.all_cascades else [None]
+    if args.all_cascades:
+        for f in folders:
+            outputs.check_out(out / f, unit=True)
     df = records.load(args.results, benchmark=args.benchmark)
     if df.empty:
         raise ValueError(f"benchmark {args.benchmark!r} has no records in {args.results}")
@@ -172,39 +155,43 @@ def run_tune(args) -> int:
         raise ValueError(f"{args.results} holds several benchmarks ({', '.join(benchmarks)}); pass --benchmark")
     args.benchmark = args.benchmark or benchmarks[0]  # recorded in summary.json
     signal = args.signal or _default_signal(df)
-    if "seed" in cls.__init__.__code__.co_varnames and "seed" not in params:
+    for split in (args.train_split, args.test_split):  # unknown model, empty split, unknown signal: refuse now
+        records.cascade_data(df, models, split, signal=signal, benchmark=args.benchmark)
+    # one transform for every cascade of the run, chosen on all of --models (train and test splits)
+    choice = tune.choose_transform(df, models=models, signal=signal, splits=(args.train_split, args.test_split),
+                                   benchmark=args.benchmark, transform=args.transform, calibration=args.calibration)
+    print(f"cascade tune: transform {choice.name} for {signal}: {choice.reason}", file=sys.stderr)
+    if "seed" in cls.param_names() and "seed" not in params:
         params["seed"] = args.seed
     if args.method == "markov-copula" and args.lambda_stop == "cheapest":
         train = df[df["split"] == args.train_split]
         params.setdefault("stop_reference", "chain")
         params.setdefault("reference_cost", float(train.groupby("model")["cost"].mean().min() * tune.COST_SCALE))
-    if len(models) < 2:
-        raise ValueError(f"--models {args.models!r}: a cascade needs at least two models, e.g. --models small,large")
-    cascades = cascades_of(models) if args.all_cascades else [models]
-    out = Path(args.out)
-    rows, written, results = [], [], []
-    for casc in cascades:
+    rows, results = [], []
+    for casc, folder in zip(cascades, folders):
         res = tune.run_tuning(
             df, models=casc, method=args.method, benchmark=args.benchmark, train_split=args.train_split,
             test_split=args.test_split, cost_mode=args.cost, calibration=args.calibration, signal=signal,
-            params=params)
+            transform=choice, params=params)
         if args.gof and args.method == "markov-copula":
             from cascade.evaluate import gof
 
             train, test, _ = tune.prepare(df, models=casc, train_split=args.train_split, test_split=args.test_split,
                                           benchmark=args.benchmark, signal=signal, calibration=args.calibration,
-                                          cost_mode=args.cost)
+                                          transform=choice, cost_mode=args.cost)
             res.summary["goodness_of_fit"] = gof.report(res.tuner.model_, train, test,
                                                         n_boot=args.gof_bootstrap, seed=args.seed)
             print(f"goodness of fit, {' -> '.join(casc)}:\n{gof.format_report(res.summary['goodness_of_fit'])}")
-        target = out / "-".join(casc) if args.all_cascades else out
-        results.append((target, res))
+        for reason in res.summary["degenerate"]:
+            _warn("tune", f"{' -> '.join(casc)}: degenerate fit: {reason}")
+        results.append((folder, res))
         rows.append({"cascade": " -> ".join(casc), "k": len(casc), "points": len(res.curve),
                      "test_auc": res.summary["test_auc"], "seconds": res.summary["seconds"]})
     # every cascade is tuned before anything is written: a bad cascade leaves no partial output
-    for target, res in results:
-        write_outputs(target, res.curve, res.summary)
-        written.append(target)
+    if args.all_cascades:
+        written = outputs.write_many(out, [(f, r.curve, r.summary) for f, r in results])
+    else:
+        written = [outputs.write_outputs(out, results[0][1].curve, results[0][1].summary)]
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(cascades)} curve(s) under {out}")
@@ -214,60 +201,33 @@ def run_tune(args) -> int:
     return 0
 
 
-def _collect(dirs: list[str]) -> list[tuple[dict, pd.DataFrame]]:
-    found = []
-    for d in dirs:
-        d = Path(d)
-        if not d.exists():
-            raise FileNotFoundError(f"{d}: no such folder")
-        summaries = [d / "summary.json"] if (d / "summary.json").exists() else sorted(d.rglob("summary.json"))
-        if not summaries:
-            raise ValueError(f"{d}: no summary.json found; pass `cascade tune --out` folders")
-        for s in summaries:
-            curve_path = s.parent / "curve.parquet"
-            if not curve_path.exists():
-                raise ValueError(f"{s.parent}: summary.json without curve.parquet")
-            found.append((json.loads(s.read_text()), pd.read_parquet(curve_path)))
-    return found
-
-
-def compare_table(found: list[tuple[dict, pd.DataFrame]], baseline: str) -> pd.DataFrame:
-    by_cascade: dict[tuple, dict[str, pd.DataFrame]] = {}
-    for summ, curve in found:
-        key = (summ.get("benchmark"), tuple(summ["models"]))
-        by_cascade.setdefault(key, {})[summ["method"]] = curve
-    rows = []
-    for (bench, models), methods in by_cascade.items():
-        if baseline not in methods:
-            continue
-        base = methods[baseline]
-        for method, curve in methods.items():
-            if method == baseline:
-                continue
-            cmp = evaluate.compare_curves(curve.test_cost, curve.test_error, base.test_cost, base.test_error)
-            rows.append({"benchmark": bench, "cascade": " -> ".join(models), "k": len(models), "method": method,
-                         "baseline": baseline, "cost_lo": cmp.lo, "cost_hi": cmp.hi, "auc": cmp.auc_a,
-                         "auc_baseline": cmp.auc_b, "pct_change": cmp.pct_change})
-    return pd.DataFrame(rows)
-
-
 def run_compare(args) -> int:
-    found = _collect(args.dirs)
-    methods = [s["method"] for s, _ in found]
-    if len(set(methods)) < 2:
-        raise ValueError(f"compare needs curves of at least two methods; found only {sorted(set(methods))}")
-    baseline = args.baseline or methods[-1]
-    if baseline not in methods:
-        raise ValueError(f"--baseline {baseline!r} is not among the methods found ({', '.join(sorted(set(methods)))})")
-    table = compare_table(found, baseline)
-    if table.empty:
-        raise ValueError("no cascade has curves from both a method and the baseline; tune the same --models")
+    import pandas as pd
+
+    from cascade.evaluate import compare
+
+    if args.csv:
+        from cascade.evaluate.outputs import check_out
+
+        csv = Path(args.csv)
+        if csv.is_dir():
+            raise ValueError(f"--csv {csv}: is a folder; give a file path")
+        check_out(csv.parent, unit=False, option="--csv's folder")
+    found = compare.load_tune_outputs(args.dirs)
+    table, baseline = compare.compare_outputs(found, args.baseline)
+    for o in found:
+        for reason in o.summary.get("degenerate") or []:
+            _warn("compare", f"{o.folder}: degenerate fit: {reason}")
+    for _, r in table[table["note"] != ""].iterrows():
+        _warn("compare", f"{r['cascade']} ({r['method']} vs {baseline}): {r['note']}; its % change is NaN and left "
+                         "out of the means")
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     pd.set_option("display.width", 160)
-    print(table.drop(columns=["baseline"]).to_string(index=False, float_format=fmt))
+    print(table.drop(columns=["baseline", "note"]).to_string(index=False, float_format=fmt))
     for method, g in table.groupby("method"):
         print(f"\n{method} vs {baseline}: % change of AUC (negative = {method} better), one-sided paired Wilcoxon")
-        print(evaluate.summarize_by_length(g).to_string(index=False, float_format=fmt))
+        print(compare.summarize_by_length(g, ge3_label=">=3 (mean of per-k means)").to_string(
+            index=False, float_format=fmt))
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.csv, index=False)
@@ -275,4 +235,4 @@ def run_compare(args) -> int:
     return 0
 
 
-__all__ = ["register", "run_tune", "run_compare", "cascades_of", "compare_table", "parse_params", "argparse"]
+__all__ = ["register", "run_tune", "run_compare"]
