@@ -1,39 +1,51 @@
-"""``cascade score``: run scoring stages as Ray actor pools and write records as Parquet shards.
+"""``cascade score`` on Ray Data: benchmark queries -> stage actor pools -> records shards.
 
-Each stage (one model) is a pool of ``resources.replicas`` Ray actors holding a loaded engine, with
-the CPUs/GPUs of its config. All stages' shards are queued at once, so stages of a chain run
-concurrently when the cluster has room. A shard is a fixed range of query ids of one (benchmark,
-split); its file name is deterministic (``<out>/<benchmark>/<stage>/<split>-<start>-<end>.parquet``)
-and it is written atomically by the driver, so a rerun skips finished shards and a killed run
-leaves no partial file. A crashed actor is restarted by Ray (``max_restarts``) and its shard retried;
-since only the driver writes, and only whole shards, no row is lost or written twice.
+The plan (:func:`plan`) cuts every (benchmark, split) into shards: a fixed range of query ids per
+stage, written to ``<out>/<benchmark>/<stage>/<split>-<start>-<end>.parquet`` (names through
+:func:`cascade.data.records.folder_name`). The shards still to score become one Ray Data dataset per
+stage (``ray.data.from_pandas``, one block per shard, an id column ``shard``); each stage is a
+callable class (:class:`StageWorker`, one loaded engine) run by ``map_batches`` on an actor pool of
+``resources.replicas`` actors with the stage's ``num_cpus``/``num_gpus``; the stages' datasets are
+unioned, so stages run concurrently when the cluster has room; the judge is one more ``map_batches``
+(:class:`JudgeWorker`). vLLM stages with GPUs run through ``ray.data.llm`` instead (``runner``, see
+:func:`_ray_llm_stage`): the same prompts, the same result conversion and the same records.
 
-Free-text benchmarks with a ``judge`` configured send each answered shard through the judge's actor
-pool (one more stage, same engines) before the shard is written.
+Ray Data brings the scheduling, backpressure, retries (a crashed actor is restarted and its batch
+retried, ``ray.max_restarts``) and memory bounds; this module keeps exactly-once records: the driver
+streams the output batches, gathers each shard's rows by query id (a retried batch cannot add a row
+twice) and writes a shard as soon as it is complete, atomically with its manifest under the store's
+lock (:func:`cascade.data.records.write_part`). A killed run leaves no partial shard; a rerun skips the
+shards that verify (manifest hash and row count, the planned columns) and rescores the others: a
+damaged shard is named on stderr and moved to ``<out>/.corrupt/<run_id>/`` first.
 
-Python API: :func:`run` (config path, dict or :class:`~cascade.scoring.config.ScoreConfig`) -> stats dict.
+Python API: :func:`run` (config path, dict or :class:`~cascade.scoring.config.ScoreConfig`) -> stats
+dict; :func:`check` (``--check``: validate, plan, stop); :func:`save_stats` (``score_stats.json``, secrets
+redacted). ``python -m jobs.score CONFIG.yaml`` is ``cascade score CONFIG.yaml``.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import json
 import os
 import re
 import sys
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import pandas as pd
 
 from cascade.data import benchmarks as B
 from cascade.data import records
-from cascade.scoring.config import ConfigError, ScoreConfig, StageConfig, load_config, needs_gpus
-from cascade.scoring.stage import SIGNAL_COLUMNS, StageInfo, column_order
+from cascade.scoring import signals as S
+from cascade.scoring.config import ConfigError, ScoreConfig, StageConfig, load_config, needs_gpus, redact_secrets
 
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<start>\d{6,})-(?P<end>\d{6,})\.parquet$")
+CORRUPT_DIR = ".corrupt"  # hidden: no reader of the store looks inside
+META = ("_actor", "_pid", "_ready_at", "_load_s", "_restarted", "_threads")
 
 
 @dataclass
@@ -49,29 +61,39 @@ class Shard:
     def n(self) -> int:
         return self.end - self.start
 
+    @property
+    def key(self) -> str:
+        return str(self.path)
+
 
 @dataclass
 class StageStats:
     n_records: int = 0
     n_shards: int = 0
     skipped_shards: int = 0
+    rescored_shards: int = 0
     scored_records: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     ptrue_input_tokens: int = 0
     ptrue_output_tokens: int = 0
     accelerator_seconds: float = 0.0
-    retries: int = 0
-    first_submit: float | None = None
+    runner: str = "engine"
+    first_ready: float | None = None  # wall clock (time.time) when the first engine of the stage was loaded
     last_done: float | None = None
-    extra: dict = field(default_factory=dict)
+    load_seconds: float | None = None
+    threads: int | None = None
+    actors: set = dataclasses.field(default_factory=set)
+    restarted: set = dataclasses.field(default_factory=set)
 
     def as_dict(self) -> dict:
-        busy = (self.last_done - self.first_submit) if (self.first_submit and self.last_done) else 0.0
-        return {
+        busy = (self.last_done - self.first_ready) if (self.first_ready and self.last_done) else 0.0
+        busy = max(busy, 0.0)
+        out = {
             "n_records": self.n_records,
             "n_shards": self.n_shards,
             "skipped_shards": self.skipped_shards,
+            "rescored_shards": self.rescored_shards,
             "scored_records": self.scored_records,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -81,72 +103,117 @@ class StageStats:
             "seconds": busy,
             "queries_per_s": self.scored_records / busy if busy > 0 else 0.0,
             "output_tokens_per_s": self.output_tokens / busy if busy > 0 else 0.0,
-            "retries": self.retries,
-            **self.extra,
+            "retries": len(self.restarted),
+            "runner": self.runner,
         }
+        if self.load_seconds is not None:
+            out["load_seconds"] = self.load_seconds
+        if self.threads is not None:
+            out["threads"] = self.threads
+        return out
 
 
-# ------------------------------------------------------------------------------------------ actors
+# ------------------------------------------------------------------------------------ Ray Data workers
+
+
+def _item_json(it: B.Item) -> str:
+    return json.dumps(dataclasses.asdict(it))
+
+
+def _item(s: str) -> B.Item:
+    return B.Item(**json.loads(s))
+
+
+def _actor_meta(load_s: float) -> dict:
+    """Who scored a batch: a fresh id per engine load, and whether Ray restarted this actor after a crash."""
+    try:
+        import ray
+
+        restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not in a Ray actor (tests, benchmarks)
+        restarted = False
+    try:
+        import torch
+
+        threads = int(torch.get_num_threads())
+    except Exception:  # pragma: no cover - an engine without torch in this process
+        threads = -1
+    return {"_actor": uuid.uuid4().hex[:12], "_pid": os.getpid(), "_ready_at": time.time(), "_load_s": load_s,
+            "_restarted": restarted, "_threads": threads}
 
 
 class StageWorker:
-    """Holds one loaded engine; a Ray actor in :func:`run`, a plain object in tests and benchmarks."""
+    """One stage's ``map_batches`` callable: a loaded engine; a batch of item rows -> records rows.
 
-    def __init__(self, stage: dict):
-        from cascade.scoring.engines import make_engine
-        from cascade.scoring.models import materialize
+    A plain object outside Ray (tests, ``bench/scoring_throughput.py``). A batch may hold rows of
+    several shards (and benchmarks, splits); each (benchmark, split) group is scored with
+    :func:`cascade.scoring.stage.score_items`. The output has the fixed ``columns`` (a signal that does
+    not apply to a benchmark is NaN there; the driver drops it), the ``shard`` id, the actor's meta
+    columns and, with ``keep_items``, the item (for the judge).
+    """
 
-        st = StageConfig.model_validate(stage)
-        threads = st.resources.threads or max(1, math.ceil(st.resources.num_cpus))
-        path = materialize(st.model)
-        kw = dict(dtype=st.dtype, batch_size=st.batch_size, threads=threads, max_model_len=st.max_model_len,
-                  tensor_parallel_size=st.resources.tensor_parallel_size, **st.engine_options)
-        if st.engine == "transformers" and st.device:
-            kw["device"] = st.device
-        self.engine = make_engine(st.engine, path, **kw)
-        self.info = StageInfo(st.name, st.engine, path, st.dtype, st.price.input, st.price.output, st.max_new_tokens)
+    def __init__(self, stage: dict, signals: list[str], grading: dict, run_id: str, columns: list[str],
+                 keep_items: bool = False):
+        from cascade.scoring.stage import load_stage
 
-    def pid(self) -> int:
-        return os.getpid()
+        t0 = time.perf_counter()
+        self.engine, self.info = load_stage(StageConfig.model_validate(stage))
+        self.signals, self.grading, self.run_id = list(signals), B.GradingConfig(**grading), run_id
+        self.columns, self.keep_items = list(columns), keep_items
+        self.meta = _actor_meta(time.perf_counter() - t0)
 
-    def score(self, benchmark: str, split: str, items: list, signals: list[str], grading: dict, run_id: str):
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from cascade.scoring.stage import score_items
 
-        return score_items(self.engine, self.info, benchmark, split, items, signals=signals,
-                           grading=B.GradingConfig(**grading), run_id=run_id)
+        parts = []
+        for (bench, split), g in batch.groupby(["benchmark", "split"], sort=False):
+            df = score_items(self.engine, self.info, bench, split, [_item(s) for s in g["item"]],
+                             signals=self.signals, grading=self.grading, run_id=self.run_id)
+            df = df.reindex(columns=self.columns)
+            df["shard"], df["stage"] = g["shard"].to_numpy(), g["stage"].to_numpy()
+            if self.keep_items:
+                df["item"] = g["item"].to_numpy()
+            parts.append(df)
+        out = pd.concat(parts, ignore_index=True)
+        for k, v in self.meta.items():
+            out[k] = v
+        return out
 
-    def judge(self, benchmark: str, items: list, answers: list[str]):
+
+class JudgeWorker:
+    """The judge's ``map_batches`` callable: rows of ``benchmarks`` get ``correct`` from the judge model
+    (P(Yes) > P(No)); other rows pass through unchanged."""
+
+    def __init__(self, stage: dict, benchmarks: list[str]):
+        from cascade.scoring.stage import load_stage
+
+        self.engine, _ = load_stage(StageConfig.model_validate(stage))
+        self.benchmarks = set(benchmarks)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from cascade.scoring.stage import judge_items
 
-        return judge_items(self.engine, benchmark, items, answers)
+        batch = batch.copy()
+        for bench, g in batch[batch["benchmark"].isin(self.benchmarks)].groupby("benchmark", sort=False):
+            verdicts = judge_items(self.engine, bench, [_item(s) for s in g["item"]], g["answer"].tolist())
+            batch.loc[g.index, "correct"] = verdicts
+        return batch
 
 
 # ------------------------------------------------------------------------------------------ planning
 
 
-def _expected_columns(bench: str, signals: list[str]) -> set[str]:
-    cols = set(records.REQUIRED_FIELDS)
-    for s in signals:
-        if s == "choice_logprob" and B.get(bench).task != "multiple_choice":
-            continue
-        cols.add(SIGNAL_COLUMNS[s])
-    return cols
+def expected_columns(bench: str, signals: list[str]) -> set[str]:
+    """The columns a finished shard of ``bench`` must have: the required ones and its signals' (registry)."""
+    return set(records.REQUIRED_FIELDS) | set(S.columns_for(signals, B.get(bench).task))
 
 
-def _shard_ok(path: Path, shard: Shard, expected: set[str]) -> bool:
-    """A finished shard: readable, the right rows, the planned columns. Raises on a mismatch of settings."""
-    try:
-        meta = pq.read_metadata(path)
-        names = set(meta.schema.names)
-    except Exception:
-        return False  # unreadable: score it again (the atomic writer makes this rare)
-    missing = expected - names
-    if missing:
-        raise ConfigError(
-            f"{path} was scored with other settings (lacks {', '.join(sorted(missing))}); "
-            "use a new out folder or delete the shard"
-        )
-    return meta.num_rows == shard.n
+def output_columns(cfg: ScoreConfig, benchmarks) -> list[str]:
+    """Every column a stage writes for any of ``benchmarks`` (records' order)."""
+    sigs = list(dict.fromkeys(c for b in benchmarks for c in S.columns_for(cfg.signals, B.get(b).task)))
+    ptrue = any("ptrue" in S.needed(cfg.signals, B.get(b).task) for b in benchmarks)
+    opt = [c for c in records.OPTIONAL_FIELDS if ptrue or not c.startswith("ptrue_")]
+    return list(records.REQUIRED_FIELDS) + sigs + opt
 
 
 def plan(cfg: ScoreConfig) -> tuple[dict[str, list[Shard]], dict[tuple[str, str], list]]:
@@ -163,17 +230,18 @@ def plan(cfg: ScoreConfig) -> tuple[dict[str, list[Shard]], dict[tuple[str, str]
     for st in cfg.stages:
         lst = []
         for (bench, split), its in per_split.items():
-            folder = out / records._safe(bench) / records._safe(st.name)
+            folder = out / records.folder_name(bench, "benchmark") / records.folder_name(st.name, "model")
+            fsplit = records.folder_name(split, "split")
             n = len(its)
             planned = []
             for s in range(0, n, cfg.shard_size):
                 e = min(n, s + cfg.shard_size)
-                planned.append(Shard(bench, split, s, e, its[s:e], folder / f"{records._safe(split)}-{s:06d}-{e:06d}.parquet"))
+                planned.append(Shard(bench, split, s, e, its[s:e], folder / f"{fsplit}-{s:06d}-{e:06d}.parquet"))
             names = {p.path.name for p in planned}
             if folder.exists():
                 for f in folder.glob("*.parquet"):
                     m = SHARD_RE.match(f.name)
-                    if not m or m["split"] != records._safe(split) or f.name in names:
+                    if not m or m["split"] != fsplit or f.name in names:
                         continue
                     fs, fe = int(m["start"]), int(m["end"])
                     if fs < n:
@@ -187,7 +255,62 @@ def plan(cfg: ScoreConfig) -> tuple[dict[str, list[Shard]], dict[tuple[str, str]
     return shards, per_split
 
 
-# ------------------------------------------------------------------------------------------ run
+def shard_problem(sh: Shard, expected: set[str]) -> str | None:
+    """None if ``sh`` is finished and intact; else why not (naming the file). Raises :class:`ConfigError`
+    when the shard is intact but was scored with other settings (it lacks planned columns)."""
+    import pyarrow.parquet as pq
+
+    reason = records.verify_part(sh.path)
+    if reason:
+        return reason
+    meta = pq.read_metadata(sh.path)
+    missing = expected - set(meta.schema.names)
+    if missing:
+        raise ConfigError(
+            f"{sh.path} was scored with other settings (lacks {', '.join(sorted(missing))}); "
+            "use a new out folder or delete the shard"
+        )
+    if meta.num_rows != sh.n:
+        return f"{sh.path}: {meta.num_rows} rows, the plan has {sh.n}"
+    return None
+
+
+def set_aside(path: Path, out: Path, run_id: str) -> Path:
+    """Move a damaged shard (and its manifest) to ``<out>/.corrupt/<run_id>/...`` under the store lock."""
+    dest = out / CORRUPT_DIR / run_id / path.relative_to(out)
+    with records.store_lock(out):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for src in (path, records.manifest_path(path)):
+            if src.exists():
+                os.replace(src, dest.parent / src.name)
+    return dest
+
+
+def _todo(cfg: ScoreConfig, shards: dict[str, list[Shard]], per_split, stats: dict[str, StageStats],
+          run_id: str) -> dict[str, list[Shard]]:
+    """The shards still to score; finished ones are counted, damaged ones named and set aside."""
+    expected = {b: expected_columns(b, list(cfg.signals)) for (b, _s) in per_split}
+    todo: dict[str, list[Shard]] = {}
+    for st in cfg.stages:
+        lst = []
+        for sh in shards[st.name]:
+            s = stats[st.name]
+            s.n_shards += 1
+            s.n_records += sh.n
+            if sh.path.exists():
+                reason = shard_problem(sh, expected[sh.benchmark])
+                if reason is None:
+                    s.skipped_shards += 1
+                    continue
+                dest = set_aside(sh.path, Path(cfg.out), run_id)
+                s.rescored_shards += 1
+                print(f"cascade score: {reason}; moved to {dest.parent} and scoring it again", file=sys.stderr)
+            lst.append(sh)  # (a manifest without its shard is replaced when the shard is written)
+        todo[st.name] = lst
+    return todo
+
+
+# ------------------------------------------------------------------------------------------ checks
 
 
 def _ray_init(cfg: ScoreConfig):
@@ -209,7 +332,7 @@ def _check_resources(cfg: ScoreConfig, ray) -> None:
             f"stages ask for {need_gpu:g} GPU(s) per actor but the Ray cluster has {gpus:g}; "
             "set resources.num_gpus: 0 (and engine: transformers) or run on a cluster with GPUs"
         )
-    for where, st in [(f"stages.{i}", s) for i, s in enumerate(cfg.stages)] + ([("judge", cfg.judge)] if cfg.judge else []):
+    for where, st in _stage_fields(cfg):
         if st.resources.num_cpus > cpus:
             raise ConfigError(
                 f"{where}.resources.num_cpus: {st.resources.num_cpus:g} CPUs per actor but the cluster has {cpus:g}; "
@@ -217,34 +340,61 @@ def _check_resources(cfg: ScoreConfig, ray) -> None:
             )
 
 
+def _stage_fields(cfg: ScoreConfig) -> list[tuple[str, StageConfig]]:
+    return [(f"stages.{i}", s) for i, s in enumerate(cfg.stages)] + ([("judge", cfg.judge)] if cfg.judge else [])
+
+
+def ray_llm_import_error() -> str | None:
+    """Why ``ray.data.llm``'s vLLM processor cannot be used here, or None."""
+    try:
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig  # noqa: F401
+    except Exception as e:  # ImportError, or a version check inside ray.llm
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def runner_of(st: StageConfig) -> str:
+    """``ray.data.llm`` for vLLM stages on GPUs (``runner: auto``) or when asked; else ``engine``."""
+    if st.runner == "auto":
+        return "ray.data.llm" if (st.engine == "vllm" and st.resources.num_gpus > 0) else "engine"
+    return st.runner
+
+
+def _check_runners(cfg: ScoreConfig) -> None:
+    for i, st in enumerate(cfg.stages):
+        if runner_of(st) == "ray.data.llm":
+            why = ray_llm_import_error()
+            if why:
+                raise ConfigError(f"stages.{i}.runner: ray.data.llm is not usable here ({why}); install the "
+                                  "'gpu' extra (ray[llm] with vllm 0.29) or set runner: engine")
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def check(config) -> str:
+    """Validate a config and its data, plan the shards; touch nothing. Returns a one-line summary."""
+    cfg = load_config(config)
+    _check_runners(cfg)
+    shards, per_split = plan(cfg)
+    n = sum(len(v) for v in per_split.values())
+    return (f"config ok: {n} queries x {len(cfg.stages)} stage(s), {sum(len(v) for v in shards.values())} shards "
+            f"-> {cfg.out}")
+
+
 def run(config, *, progress: bool | None = None) -> dict:
-    """Score every (benchmark, split, query, stage) of ``config``; returns stats (see module doc)."""
+    """Score every (benchmark, split, query, stage) of ``config``; returns stats (see docs/scoring.md)."""
     t0 = time.perf_counter()
     cfg = load_config(config)
+    _check_runners(cfg)
     shards, per_split = plan(cfg)
-    judge_benchmarks = {b for (b, _s) in per_split if B.get(b).task == "free_text"} if cfg.judge else set()
-    expected = {b: _expected_columns(b, list(cfg.signals)) for (b, _s) in per_split}
-
-    stats = {st.name: StageStats() for st in cfg.stages}
-    todo: dict[str, deque] = {}
-    for st in cfg.stages:
-        q = deque()
-        for sh in shards[st.name]:
-            stats[st.name].n_shards += 1
-            stats[st.name].n_records += sh.n
-            if sh.path.exists() and _shard_ok(sh.path, sh, expected[sh.benchmark]):
-                stats[st.name].skipped_shards += 1
-                continue
-            q.append(sh)
-        todo[st.name] = q
     run_id = uuid.uuid4().hex[:12]
-    need_judge = cfg.judge is not None and any(sh.benchmark in judge_benchmarks for q in todo.values() for sh in q)
-
+    stats = {st.name: StageStats(runner=runner_of(st)) for st in cfg.stages}
+    todo = _todo(cfg, shards, per_split, stats, run_id)
     if any(todo.values()):
         ray = _ray_init(cfg)
         _check_resources(cfg, ray)
-        _execute(cfg, ray, todo, stats, need_judge, judge_benchmarks, run_id,
-                 progress=cfg.ray.progress if progress is None else progress)
+        _execute(cfg, todo, stats, run_id, progress=cfg.ray.progress if progress is None else progress)
 
     seconds = time.perf_counter() - t0
     scored = sum(s.scored_records for s in stats.values())
@@ -255,6 +405,7 @@ def run(config, *, progress: bool | None = None) -> dict:
         "n_records": sum(s.n_records for s in stats.values()),
         "scored_records": scored,
         "skipped_shards": sum(s.skipped_shards for s in stats.values()),
+        "rescored_shards": sum(s.rescored_shards for s in stats.values()),
         "n_shards": sum(s.n_shards for s in stats.values()),
         "seconds": seconds,
         "queries_per_s": scored / seconds if seconds > 0 else 0.0,
@@ -263,166 +414,380 @@ def run(config, *, progress: bool | None = None) -> dict:
     }
 
 
-def _execute(cfg, ray, todo, stats, need_judge, judge_benchmarks, run_id, *, progress: bool) -> None:
-    from ray.exceptions import RayActorError, RayTaskError
+def _shard_frames(name: str, shards: list[Shard]) -> list[pd.DataFrame]:
+    """One DataFrame (one Ray Data block) per shard: the id column ``shard`` and the items."""
+    return [pd.DataFrame({"shard": sh.key, "stage": name, "benchmark": sh.benchmark, "split": sh.split,
+                          "query_id": [it.query_id for it in sh.items],
+                          "item": [_item_json(it) for it in sh.items]}) for sh in shards]
+
+
+def _remote_args(cfg: ScoreConfig) -> dict:
+    # Ray Data restarts crashed actors and retries their batches; the config bounds how often.
+    return dict(max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_restarts)
+
+
+def _map_batches(ds, fn, st: StageConfig, cfg: ScoreConfig, n_blocks: int, **kw):
+    from ray.data import ActorPoolStrategy
+
+    gpus = st.resources.num_gpus
+    with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")
+        return ds.map_batches(
+            fn, batch_format="pandas", batch_size=cfg.shard_size if gpus > 0 else None,
+            compute=ActorPoolStrategy(size=max(1, min(st.resources.replicas, n_blocks))),
+            num_cpus=st.resources.num_cpus, num_gpus=gpus if gpus > 0 else None, **kw, **_remote_args(cfg),
+        )
+
+
+def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str):
+    """The lazy Ray Data pipeline: per stage, its shards -> its actor pool; the union; the judge."""
+    import ray
+
+    stage_cfg = {st.name: st for st in cfg.stages}
+    benchmarks = sorted({sh.benchmark for q in todo.values() for sh in q})
+    judged = sorted(b for b in benchmarks if B.get(b).task == "free_text") if cfg.judge else []
+    columns = output_columns(cfg, benchmarks)
+    parts = []
+    for name, shards in todo.items():
+        if not shards:
+            continue
+        st = stage_cfg[name]
+        ds = ray.data.from_pandas(_shard_frames(name, shards))
+        if runner_of(st) == "ray.data.llm":
+            ds = _ray_llm_stage(ds, st, cfg, run_id, columns, keep_items=bool(judged))
+        else:
+            ds = _map_batches(ds, StageWorker, st, cfg, len(shards), fn_constructor_kwargs=dict(
+                stage=st.model_dump(), signals=list(cfg.signals), grading=cfg.grading.model_dump(), run_id=run_id,
+                columns=columns, keep_items=bool(judged)))
+        parts.append(ds)
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    if judged:
+        n = sum(len(q) for q in todo.values())
+        ds = _map_batches(ds, JudgeWorker, cfg.judge, cfg, n,
+                          fn_constructor_kwargs=dict(stage=cfg.judge.model_dump(), benchmarks=judged))
+    return ds
+
+
+def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, StageStats], run_id: str, *,
+             progress: bool) -> None:
+    from ray.data import DataContext
 
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
 
-    max_attempts = cfg.ray.max_restarts + 1
-    Worker = ray.remote(StageWorker)
-    inflight: dict = {}  # ObjectRef -> (kind, stage name, shard, actor, payload)
-    attempts: dict = {}
-    t_start = time.perf_counter()
-
-    def pool(st: StageConfig, n_work: int):
-        opts = dict(num_cpus=st.resources.num_cpus, num_gpus=st.resources.num_gpus,
-                    max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_restarts)
-        lst = [Worker.options(**opts).remote(st.model_dump()) for _ in range(max(1, min(st.resources.replicas, n_work)))]
-        for a in lst:  # readiness: the engine has loaded (load errors surface here)
-            inflight[a.pid.remote()] = ("ready", st.name, None, a, None)
-        return lst
-
-    actors = {st.name: pool(st, len(todo[st.name])) for st in cfg.stages if todo[st.name]}
-    n_judge = sum(1 for q in todo.values() for sh in q if sh.benchmark in judge_benchmarks)
-    judge_actors = pool(cfg.judge, n_judge) if need_judge else []
-    idle = {k: deque(v) for k, v in actors.items()}
-    judge_idle = deque(judge_actors)
-    judge_queue: deque = deque()  # (stage name, shard, answered frame)
-    busy = {k: 0 for k in actors}
-    released: set[str] = set()
-    grading = cfg.grading.model_dump()
-    signals = list(cfg.signals)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # one bar per stage below instead of one per operator
+    ctx.print_on_execution_start = progress
+    t_start = time.time()
+    shard_of = {sh.key: (name, sh) for name, q in todo.items() for sh in q}
+    pending: dict[str, dict[int, dict]] = {}  # shard -> query_id -> row (a retried batch overwrites, never adds)
+    done: set[str] = set()
     bars = {}
     if progress and tqdm is not None:
         for i, st in enumerate(cfg.stages):
             s = stats[st.name]
             bars[st.name] = tqdm(total=s.n_records, initial=s.n_records - sum(sh.n for sh in todo[st.name]),
                                  desc=st.name, position=i, unit="q", file=sys.stderr, leave=True)
-
-    def submit_score(name, sh):
-        actor = idle[name].popleft()
-        ref = actor.score.remote(sh.benchmark, sh.split, sh.items, signals, grading, run_id)
-        busy[name] += 1
-        inflight[ref] = ("score", name, sh, actor, None)
-
-    def submit_judge(name, sh, df):
-        actor = judge_idle.popleft()
-        ref = actor.judge.remote(sh.benchmark, sh.items, df["answer"].tolist())
-        inflight[ref] = ("judge", name, sh, actor, df)
-
-    def finish(name, sh, df):
-        df = column_order(df)
-        table = records.to_arrow(records.validate(df, source=str(sh.path)))
-        records.write_part(table, sh.path)
-        s = stats[name]
-        s.scored_records += len(df)
-        s.input_tokens += int(df["input_tokens"].sum())
-        s.output_tokens += int(df["output_tokens"].sum())
-        if "ptrue_input_tokens" in df:
-            s.ptrue_input_tokens += int(df["ptrue_input_tokens"].sum())
-            s.ptrue_output_tokens += int(df["ptrue_output_tokens"].sum())
-        s.accelerator_seconds += float(df["accelerator_seconds"].sum())
-        s.last_done = time.perf_counter()
-        if name in bars:
-            bars[name].update(len(df))
-
-    def release_finished():
-        # A stage with nothing left frees its CPUs/GPUs for the stages (or judge) still waiting for room.
-        for name, lst in actors.items():
-            if name not in released and not todo[name] and busy[name] == 0:
-                for a in lst:
-                    ray.kill(a)
-                released.add(name)
-                for ref in [r for r, v in inflight.items() if v[0] == "ready" and v[1] == name]:
-                    del inflight[ref]
-
+    ds = build_dataset(cfg, todo, run_id)
     try:
-        while any(todo.values()) or judge_queue or any(k != "ready" for k, *_ in inflight.values()):
-            for name, q in todo.items():
-                while q and idle.get(name):
-                    submit_score(name, q.popleft())
-            while judge_queue and judge_idle:
-                submit_judge(*judge_queue.popleft())
-            release_finished()
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            ref = ready[0]
-            kind, name, sh, actor, payload = inflight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayActorError as err:
-                if kind == "ready":
-                    raise RuntimeError(f"stage {name}: the engine failed to load: {err}") from None
-                key = (kind, name, sh.path)
-                attempts[key] = attempts.get(key, 1) + 1
-                if name in stats:
-                    stats[name].retries += 1
-                if attempts[key] > max_attempts:
-                    raise RuntimeError(
-                        f"stage {name}: shard {sh.path.name} failed {max_attempts} times; giving up: {err}"
-                    ) from None
-                # Ray restarts the actor (max_restarts); the shard goes back to the pool
-                if kind == "score":
-                    busy[name] -= 1
-                    idle[name].append(actor)
-                    todo[name].appendleft(sh)
-                else:
-                    judge_idle.append(actor)
-                    judge_queue.appendleft((name, sh, payload))
-                continue
-            except RayTaskError as e:  # an error in our code inside the actor: stop, as a local run would
-                raise RuntimeError(f"stage {name}: scoring {sh.path.name} failed: {e}") from None
-            now = time.perf_counter()
-            if kind == "ready":
-                if name in stats:
-                    s = stats[name]
-                    s.extra.setdefault("load_seconds", now - t_start)
-                    if s.first_submit is None:
-                        s.first_submit = now
-                continue
-            if kind == "score":
-                busy[name] -= 1
-                idle[name].append(actor)
-                if sh.benchmark in judge_benchmarks and judge_actors:
-                    judge_queue.append((name, sh, result))
-                else:
-                    finish(name, sh, result)
-            else:
-                judge_idle.append(actor)
-                df = payload.copy()
-                df["correct"] = result
-                finish(name, sh, df)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                _note_actors(batch, stats, t_start)
+                for key, g in batch.groupby("shard", sort=False):
+                    if key in done:
+                        continue  # rows of a retried batch whose shard is already written
+                    name, sh = shard_of[key]
+                    acc = pending.setdefault(key, {})
+                    for row in g.to_dict("records"):
+                        acc[int(row["query_id"])] = row
+                    if len(acc) == sh.n:
+                        _finish(cfg, name, sh, pd.DataFrame([acc[q] for q in sorted(acc)]), stats[name])
+                        done.add(key)
+                        del pending[key]
+                        if name in bars:
+                            bars[name].update(sh.n)
+        except (records.RecordsError, ConfigError):
+            raise
+        except Exception as e:
+            raise RuntimeError(f"cascade score: scoring failed ({type(e).__name__}): {_short(e)}") from None
     finally:
         for b in bars.values():
             b.close()
-        for lst in list(actors.values()) + [judge_actors]:
-            for a in lst:
-                try:
-                    ray.kill(a)
-                except Exception:
-                    pass
+    left = [k for k in shard_of if k not in done]
+    if left:  # Ray Data finished without error but some shard did not come back complete
+        raise RuntimeError(f"cascade score: {len(left)} shard(s) came back incomplete, e.g. {left[0]}; rerun to score them")
+
+
+def _short(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else repr(e)
+
+
+def _note_actors(batch: pd.DataFrame, stats: dict[str, StageStats], t_start: float) -> None:
+    if "_actor" not in batch:
+        return
+    for (name, actor), g in batch.groupby(["stage", "_actor"], sort=False):
+        s = stats[name]
+        if actor in s.actors:
+            continue
+        s.actors.add(actor)
+        r = g.iloc[0]
+        ready = float(r["_ready_at"])
+        s.first_ready = ready if s.first_ready is None else min(s.first_ready, ready)
+        s.load_seconds = max(0.0, s.first_ready - t_start)
+        s.threads = int(r["_threads"])
+        if bool(r["_restarted"]):
+            s.restarted.add(actor)
+
+
+def _finish(cfg: ScoreConfig, name: str, sh: Shard, df: pd.DataFrame, s: StageStats) -> None:
+    from cascade.scoring.stage import column_order
+
+    keep = expected_columns(sh.benchmark, list(cfg.signals)) | (set(records.OPTIONAL_FIELDS) & set(df.columns))
+    df = column_order(df[[c for c in df.columns if c in keep]])
+    table = records.to_arrow(records.validate(df, source=str(sh.path)))
+    records.write_part(table, sh.path, store=cfg.out)
+    s.scored_records += len(df)
+    s.input_tokens += int(df["input_tokens"].sum())
+    s.output_tokens += int(df["output_tokens"].sum())
+    if "ptrue_input_tokens" in df:
+        s.ptrue_input_tokens += int(df["ptrue_input_tokens"].sum())
+        s.ptrue_output_tokens += int(df["ptrue_output_tokens"].sum())
+    s.accelerator_seconds += float(df["accelerator_seconds"].sum())
+    s.last_done = time.time()
+
+
+# ------------------------------------------------------------------------------ ray.data.llm (GPU)
+
+
+class _LLMRows:
+    """CPU steps around ``ray.data.llm``'s vLLM processor (a ``map_batches`` callable holding the stage's
+    tokenizer): ``step="answer"`` builds the answering requests; ``"ptrue"`` converts the answers and
+    builds the P(True) requests; ``"records"`` converts the last pass's outputs and writes records rows
+    with :func:`cascade.scoring.stage.record_rows`, the function the engine path uses."""
+
+    def __init__(self, step: str, stage: dict, signals: list[str], grading: dict, run_id: str, columns: list[str],
+                 keep_items: bool, max_logprobs: int):
+        from transformers import AutoTokenizer
+
+        from cascade.scoring.engines.vllm_engine import model_stop_ids
+        from cascade.scoring.models import materialize
+        from cascade.scoring.stage import Prompter, stage_info
+
+        t0 = time.perf_counter()
+        st = StageConfig.model_validate(stage)
+        path = materialize(st.model)
+        self.step, self.st, self.info = step, st, stage_info(st, path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.prompter = Prompter(self.tokenizer)
+        self.stop_ids = model_stop_ids(path, self.tokenizer)
+        self.signals, self.grading, self.run_id = list(signals), B.GradingConfig(**grading), run_id
+        self.columns, self.keep_items, self.max_logprobs = list(columns), keep_items, max_logprobs
+        self.meta = _actor_meta(time.perf_counter() - t0)
+
+    def _results(self, batch: pd.DataFrame, reqs_col: str):
+        from cascade.scoring.engines.base import GenRequest
+        from cascade.scoring.engines.vllm_engine import vllm_result
+
+        out = []
+        # a vLLM batch's wall time (its longest request) is shared by the requests of that batch
+        share = batch.groupby("llm_batch")["llm_seconds"].transform("max") / batch.groupby("llm_batch")[
+            "llm_seconds"].transform("size")
+        for req, toks, lps, sec in zip(batch[reqs_col], batch["llm_tokens"], batch["llm_logprobs"], share):
+            r = GenRequest(**json.loads(req))
+            toks = json.loads(toks)
+            lps = [{int(t): v for t, v in pos} for pos in json.loads(lps)]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            out.append(vllm_result(r, toks, lps, text, self.stop_ids, float(sec)))
+        return out
+
+    def _requests(self, batch: pd.DataFrame, reqs) -> pd.DataFrame:
+        from cascade.scoring.engines.vllm_engine import sampling_params
+
+        batch = batch.copy()
+        batch["req"] = [json.dumps(dataclasses.asdict(r)) for r in reqs]
+        batch["tokenized_prompt"] = [list(r.prompt_ids) for r in reqs]
+        batch["sampling_params"] = [sampling_params(r, self.max_logprobs) for r in reqs]
+        return batch
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from cascade.scoring import stage as ST
+
+        batch = batch.reset_index(drop=True)
+        if self.step == "answer":
+            reqs, texts = [None] * len(batch), [None] * len(batch)
+            for bench, g in batch.groupby("benchmark", sort=False):
+                t, r = ST.answer_requests(self.prompter, B.get(bench), [_item(s) for s in g["item"]], self.signals,
+                                          self.st.max_new_tokens or B.get(bench).max_new_tokens)
+                for i, tt, rr in zip(g.index, t, r):
+                    texts[i], reqs[i] = tt, rr
+            batch = self._requests(batch, reqs)
+            batch["text"] = texts
+            return batch
+        if self.step == "ptrue":
+            res = self._results(batch, "req")
+            batch = batch.copy()
+            batch["answer_result"] = [json.dumps(dataclasses.asdict(r)) for r in res]
+            reqs = ST.ptrue_requests(self.prompter, [_item(s) for s in batch["item"]], [r.text for r in res])
+            return self._requests(batch, reqs)
+        # records
+        from cascade.scoring.engines.base import GenResult
+
+        last = self._results(batch, "req")
+        if "answer_result" in batch:
+            answers = [GenResult(**json.loads(s)) for s in batch["answer_result"]]
+            ptrue = last
+        else:
+            answers, ptrue = last, None
+        parts = []
+        for (bench, split), g in batch.groupby(["benchmark", "split"], sort=False):
+            idx = list(g.index)
+            pt = [ptrue[i] for i in idx] if ptrue and ST.needs_ptrue(B.get(bench), self.signals) else None
+            df = ST.record_rows(self.info, B.get(bench), split, [_item(s) for s in g["item"]], list(g["text"]),
+                                [answers[i] for i in idx], pt,
+                                signals=self.signals, grading=self.grading, run_id=self.run_id)
+            df = df.reindex(columns=self.columns)
+            df["shard"], df["stage"] = g["shard"].to_numpy(), g["stage"].to_numpy()
+            if self.keep_items:
+                df["item"] = g["item"].to_numpy()
+            parts.append(df)
+        out = pd.concat(parts, ignore_index=True)
+        for k, v in self.meta.items():
+            out[k] = v
+        return out
+
+
+def _llm_pre(row: dict) -> dict:
+    return {"tokenized_prompt": row["tokenized_prompt"], "sampling_params": row["sampling_params"]}
+
+
+def _llm_post(row: dict) -> dict:
+    """The processor's output row -> our columns plus the completion, its log-probs as JSON (compact and
+    Arrow-friendly) and the time vLLM took (``time_taken_llm``, per request)."""
+    keep = {k: row[k] for k in ("shard", "stage", "benchmark", "split", "query_id", "item", "req", "text",
+                                 "answer_result") if k in row}
+    lps = [[[int(t), float(d["logprob"] if isinstance(d, dict) else d)] for t, d in (pos or {}).items()]
+           for pos in (row.get("logprobs") or [])]
+    keep.update(llm_tokens=json.dumps([int(t) for t in row["generated_tokens"]]), llm_logprobs=json.dumps(lps),
+                llm_seconds=float(row.get("time_taken_llm") or 0.0), llm_batch=str(row.get("batch_uuid", "")))
+    return keep
+
+
+def _ray_llm_stage(ds, st: StageConfig, cfg: ScoreConfig, run_id: str, columns: list[str], keep_items: bool):
+    """One vLLM stage through ``ray.data.llm``: answer requests -> vLLM processor -> [P(True) requests ->
+    vLLM processor] -> records rows. The processor's replicas and tensor parallelism come from the stage
+    config; prompts are tokenized by us (the processor's chat-template, tokenize and detokenize stages
+    are off), so the engine sees the token ids the engine path sends."""
+    from ray.data import ActorPoolStrategy
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from cascade.scoring.engines.vllm_engine import DEFAULT_MAX_LOGPROBS, engine_kwargs
+    from cascade.scoring.models import materialize
+
+    path = materialize(st.model)
+    opts = dict(st.engine_options)
+    max_logprobs = int(opts.get("max_logprobs", DEFAULT_MAX_LOGPROBS))
+    on_gpu = st.resources.num_gpus > 0
+    ekw = engine_kwargs(path, dtype=st.dtype, batch_size=st.batch_size, max_model_len=st.max_model_len,
+                        tensor_parallel_size=st.resources.tensor_parallel_size, on_gpu=on_gpu, **opts)
+    ekw.pop("model")
+    pconf = dict(model_source=path, engine_kwargs=ekw, batch_size=st.batch_size, concurrency=st.resources.replicas,
+                 chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, log_engine_metrics=False)
+    if not on_gpu:  # vLLM's CPU build: the engine actor asks for CPUs, not a GPU
+        pconf["placement_group_config"] = {"bundles": [{"CPU": st.resources.num_cpus}]}
+    proc = build_processor(vLLMEngineProcessorConfig(**pconf), preprocess=_llm_pre, postprocess=_llm_post)
+    kw = dict(stage=st.model_dump(), signals=list(cfg.signals), grading=cfg.grading.model_dump(), run_id=run_id,
+              columns=columns, keep_items=keep_items, max_logprobs=max_logprobs)
+    ptrue = any(S.SIGNALS[n].needs == "ptrue" for n in cfg.signals)
+
+    def rows(ds, step):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")
+            return ds.map_batches(_LLMRows, fn_constructor_kwargs=dict(step=step, **kw), batch_format="pandas",
+                                  batch_size=None, compute=ActorPoolStrategy(size=1), num_cpus=0.25,
+                                  **_remote_args(cfg))
+
+    ds = proc(rows(ds, "answer"))
+    if ptrue:
+        ds = proc(rows(ds, "ptrue"))
+    return rows(ds, "records")
+
+
+# ------------------------------------------------------------------------------------------ stats
 
 
 def save_stats(stats: dict, cfg: ScoreConfig) -> dict:
-    """Write a run's stats (with its config) to ``<out>/score_stats.json`` next to the records (not a
-    .parquet file, so readers of the store ignore it; ``cascade log OUT`` logs it later). Returns the
-    stats worth logging: when this run scored nothing (every shard was already done), those of the run
-    that scored the records, so a rerun does not replace real throughput with an empty one."""
-    import json
-
-    stats = {**stats, "config": json.loads(cfg.model_dump_json())}
+    """Write a run's stats (with its config, secrets redacted: :func:`redact_secrets`) to
+    ``<out>/score_stats.json`` next to the records (not a .parquet file, so readers of the store ignore
+    it; ``cascade log OUT`` logs it later). Returns the stats worth logging: when this run scored nothing
+    (every shard was already done), those of the run that scored the records, so a rerun does not
+    replace real throughput with an empty one."""
+    stats = {**stats, "config": redact_secrets(json.loads(cfg.model_dump_json()))}
     path = Path(stats["out_dir"]) / "score_stats.json"
     if stats["scored_records"] == 0 and path.exists():
         prev = json.loads(path.read_text())
         if prev.get("scored_records"):
             return {**prev, "rerun_skipped_shards": stats["skipped_shards"]}
-    path.write_text(json.dumps(stats, indent=2, default=str))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(stats, indent=2, default=str))
+    os.replace(tmp, path)
     return stats
 
 
-if __name__ == "__main__":  # python -m jobs.score CONFIG.yaml [options]
-    from jobs.commands.score import main
+def command(config: str, *, out: str | None = None, limit: int | None = None, check_only: bool = False,
+            progress: bool | None = None, as_json: bool = False, track: bool = False, experiment: str = "scoring",
+            tracking_uri: str | None = None) -> int:
+    """What ``cascade score`` does once its arguments are parsed: overrides, ``--check``, the run, the
+    stats file, the summary line (or JSON) and, with ``track``, the MLflow scoring run (exit 3 when that
+    fails: the records are safe)."""
+    cfg = load_config(config)
+    if out or limit is not None:
+        upd = {}
+        if out:
+            upd["out"] = str(Path(out).resolve())
+        if limit is not None:
+            if limit < 1:
+                raise ValueError("--limit must be >= 1")
+            upd["limit"] = limit
+        cfg = load_config(cfg.model_copy(update=upd))
+    if check_only:
+        print(check(cfg))
+        return 0
+    stats = run(cfg, progress=progress)
+    logged = save_stats(stats, cfg)
+    if as_json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(
+            f"scored {stats['scored_records']} records ({stats['n_records']} in all, "
+            f"{stats['skipped_shards']} finished shards skipped, {stats['rescored_shards']} damaged shards "
+            f"rescored) in {stats['seconds']:.1f}s: {stats['queries_per_s']:.2f} queries/s, "
+            f"{stats['output_tokens_per_s']:.1f} output tokens/s -> {stats['out_dir']}"
+        )
+    if track:
+        import tracking
 
+        try:
+            tracking.configure(tracking_uri, experiment)
+            run_id = tracking.log_scoring(logged, config=logged["config"], config_path=config)
+        except tracking.TrackingUnavailable as e:
+            print(f"cascade score: tracking failed: {e}\n  the records are safe in {stats['out_dir']}; log them "
+                  f"later with `cascade log {stats['out_dir']}`", file=sys.stderr)
+            return 3
+        print(f"logged scoring run {run_id} to {tracking.tracking_uri(tracking_uri)}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.score CONFIG.yaml [options]``: the ``cascade score`` command (argument parsing
+    lives in jobs/commands/score.py; this module does not import it)."""
+    from jobs import cli
+
+    return cli.main(["score", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
     sys.exit(main())

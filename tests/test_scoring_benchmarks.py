@@ -175,3 +175,57 @@ def test_hub_code_path_through_datasets_load_dataset(tmp_path, monkeypatch):
     its = B.items("triviaqa", df)
     assert len(its) == 2 and its[1].target == "William Shakespeare"
     assert B.grade(bench, its[1], "Shakespeare") == 1.0
+
+
+def test_benchmark_folder_rule_config_value_then_env_then_default(tmp_path, monkeypatch):
+    monkeypatch.delenv(B.BENCHMARKS_DIR_ENV, raising=False)
+    assert B.benchmarks_dir() == ROOT.parent / "shared" / "benchmarks"  # beside the checkout
+    monkeypatch.setenv(B.BENCHMARKS_DIR_ENV, str(tmp_path / "env"))
+    assert B.benchmarks_dir() == tmp_path / "env"
+    assert B.benchmarks_dir(tmp_path / "cfg") == tmp_path / "cfg"  # a config value wins
+    assert B.benchmarks_dir("hub") is None  # the hub, explicitly
+    with pytest.raises(B.BenchmarkError, match=r"no file .*env/mmlu-test.parquet.*CASCADE_BENCHMARKS_DIR"):
+        B.benchmark_file("mmlu", "test")
+
+
+def test_scoring_config_and_learned_baselines_share_the_folder_rule(tmp_path, monkeypatch):
+    from cascade.scoring.config import load_config
+    from cascade.tuners.learned import benchmark_questions
+
+    data = tmp_path / "bench"
+    data.mkdir()
+    df = pd.read_parquet(EXAMPLES / "mmlu-test.parquet").iloc[:7]
+    df.to_parquet(data / "mmlu-test.parquet")
+    monkeypatch.setenv(B.BENCHMARKS_DIR_ENV, str(data))
+    raw = {"benchmarks": ["mmlu"], "out": str(tmp_path / "out"), "stages": [{"name": "s", "model": "smollm2-135m"}]}
+    cfg = load_config(raw)  # no data_dir: $CASCADE_BENCHMARKS_DIR
+    assert cfg.bench_data_dir(cfg.benchmarks[0]) == str(data)
+    assert len(B.load_split("mmlu", "test", data_dir=cfg.bench_data_dir(cfg.benchmarks[0]))) == 7
+    qs = benchmark_questions("mmlu", "test")
+    assert len(qs) == 7 and qs[0].startswith(df["question"].iloc[0]) and "\nA. " in qs[0]
+    assert load_config({**raw, "data_dir": "hub"}).bench_data_dir(cfg.benchmarks[0]) is None
+
+
+def test_a_new_benchmark_is_scored_by_config_after_one_registry_entry(tmp_path, monkeypatch):
+    """One Benchmark entry plus a data file: the scoring config accepts it and the plan cuts its shards."""
+    from cascade.scoring.config import load_config
+    from jobs.score import plan
+
+    def build(i, r):
+        letters = list("ABCD"[: len(r["choices"]["text"])])
+        prompt = B._mc_prompt(r["question"], list(r["choices"]["text"]))[0]
+        return B.Item(i, prompt, r["answerKey"], letters, [r["answerKey"]], context=prompt)
+
+    monkeypatch.setitem(B.BENCHMARKS, "arc", B.Benchmark(
+        "arc", "multiple_choice", "allenai/ai2_arc", "ARC-Challenge", {"train": "train", "test": "test"},
+        ("question", "choices", "answerKey"), build, 8))
+    pd.DataFrame({"question": [f"{k}+{k}?" for k in range(5)],
+                  "choices": [{"text": ["3", "4"], "label": ["A", "B"]}] * 5,
+                  "answerKey": ["B"] * 5}).to_parquet(tmp_path / "arc-test.parquet")
+    cfg = load_config({"benchmarks": ["arc"], "data_dir": str(tmp_path), "out": str(tmp_path / "out"),
+                       "shard_size": 2, "stages": [{"name": "s", "model": "smollm2-135m"}]})
+    shards, per_split = plan(cfg)
+    assert [len(v) for v in per_split.values()] == [5]
+    assert [sh.path.name for sh in shards["s"]] == ["test-000000-000002.parquet", "test-000002-000004.parquet",
+                                                    "test-000004-000005.parquet"]
+    assert shards["s"][0].path.parent == tmp_path / "out" / "arc" / "s"

@@ -4,20 +4,26 @@ Adding a benchmark is one :class:`Benchmark` entry in :data:`BENCHMARKS`: where 
 (path, config, which hub split is our ``train``/``test``), the columns it needs, how a row becomes an
 :class:`Item` (prompt text, choices, target, references) and which grader applies (``task``).
 
-Splits are read either from the hub (``datasets.load_dataset``) or from local Parquet files with the
-hub's columns, named ``<data_dir>/<benchmark>-<split>.parquet`` (``.jsonl``/``.json`` also work).
-``query_id`` is the row's position in that split, so ids are stable across models and reruns.
+Splits are read either from local Parquet files with the hub's columns, named
+``<data_dir>/<benchmark>-<split>.parquet`` (``.jsonl``/``.json`` also work), or from the hub
+(``datasets.load_dataset``). Where the local files live follows one rule, :func:`benchmarks_dir`: the
+value a config (or caller) gives, else ``$CASCADE_BENCHMARKS_DIR``, else ``../shared/benchmarks``
+beside the checkout; the value ``hub`` means the hub. ``query_id`` is the row's position in that split,
+so ids are stable across models and reruns.
 
 Graders: exact option letter (multiple choice), normalised final number (GSM8K), alias match
 (TriviaQA) and, for free text (TruthfulQA, XSum), a judge model (see :func:`judge_prompt` and
-``cascade.scoring.stage``) with a reference-based fallback (token F1 / ROUGE-L against a threshold).
+``cascade.scoring.stage``) with a reference-based fallback (token F1 / ROUGE-L against a threshold;
+ROUGE-L from Google's ``rouge-score``, as lm-evaluation-harness computes it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from collections import Counter
+from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,6 +33,8 @@ import pandas as pd
 
 TASKS = ("multiple_choice", "number", "alias", "free_text")
 LETTERS = "ABCDEFGHIJ"
+BENCHMARKS_DIR_ENV = "CASCADE_BENCHMARKS_DIR"
+HUB = "hub"  # a data_dir value that means: read the split from the Hugging Face hub
 
 
 class BenchmarkError(ValueError):
@@ -159,6 +167,24 @@ def get(name: str) -> Benchmark:
 # ----------------------------------------------------------------------------------------- loading
 
 
+def default_benchmarks_dir() -> Path:
+    """``../shared/benchmarks`` beside the checkout (the folder that holds this repository)."""
+    return Path(__file__).resolve().parents[3] / "shared" / "benchmarks"
+
+
+def benchmarks_dir(value: str | os.PathLike | None = None) -> Path | None:
+    """Where benchmark files are read from: ``value`` (a config's ``data_dir``, a caller's argument) if
+    given, else ``$CASCADE_BENCHMARKS_DIR``, else :func:`default_benchmarks_dir`. ``hub`` gives None: read
+    from the Hugging Face hub. Relative values are taken as given (configs resolve theirs first)."""
+    if value is None:
+        value = os.environ.get(BENCHMARKS_DIR_ENV) or None
+        if value is None:
+            return default_benchmarks_dir()
+    if str(value) == HUB:
+        return None
+    return Path(os.path.expanduser(str(value)))
+
+
 def local_file(data_dir: str | Path, name: str, split: str) -> Path | None:
     for ext in (".parquet", ".jsonl", ".json"):
         p = Path(data_dir) / f"{name}-{split}{ext}"
@@ -167,17 +193,39 @@ def local_file(data_dir: str | Path, name: str, split: str) -> Path | None:
     return None
 
 
+def benchmark_file(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The local file of ``name``/``split`` under :func:`benchmarks_dir` (``data_dir``), or a
+    :class:`BenchmarkError` naming where it was looked for and how to point elsewhere."""
+    root = benchmarks_dir(data_dir)
+    if root is None:
+        raise BenchmarkError(f"{name}/{split}: data_dir is {HUB!r}; this needs a local file")
+    path = local_file(root, name, split)
+    if path is None:
+        raise BenchmarkError(
+            f"{name}/{split}: no file {root / f'{name}-{split}.parquet'}; put the split there (hub columns), "
+            f"or point data_dir (or ${BENCHMARKS_DIR_ENV}) at the folder that holds it"
+        )
+    return path
+
+
+def read_file(path: str | os.PathLike) -> pd.DataFrame:
+    """A benchmark split file (.parquet, .jsonl or .json) as a DataFrame."""
+    path = Path(path)
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=path.suffix == ".jsonl")
+
+
 def load_split(name: str, split: str, *, data_dir: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
-    """Rows of one split, from ``data_dir`` when given, else from the hub. Checks the columns."""
+    """Rows of one split, from the local file under ``data_dir`` when given, else from the hub. Checks the
+    columns. (Configs resolve their ``data_dir`` with :func:`benchmarks_dir` first.)"""
     bench = get(name)
-    if data_dir is not None:
+    if data_dir is not None and str(data_dir) != HUB:
         path = local_file(data_dir, name, split)
         if path is None:
             raise BenchmarkError(
                 f"{name}/{split}: no file {Path(data_dir) / f'{name}-{split}.parquet'}; "
-                "put the split there (hub columns) or drop data_dir to read from the hub"
+                f"put the split there (hub columns) or set data_dir: {HUB} to read from the hub"
             )
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=path.suffix == ".jsonl")
+        df = read_file(path)
         source = str(path)
     else:
         if split not in bench.hub_splits:
@@ -274,22 +322,16 @@ def token_f1(pred: str, ref: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
 def rouge_l(pred: str, ref: str) -> float:
-    """ROUGE-L F1 on normalised tokens (longest common subsequence)."""
-    p, r = normalize_text(pred).split(), normalize_text(ref).split()
-    if not p or not r:
-        return 0.0
-    prev = [0] * (len(r) + 1)
-    for a in p:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(r)
-    return 2 * prec * rec / (prec + rec)
+    """ROUGE-L F1 (longest common subsequence) of ``rouge-score``'s tokens (lower case, alphanumeric words)."""
+    return float(_rouge_scorer().score(str(ref), str(pred))["rougeL"].fmeasure)
 
 
 @dataclass(frozen=True)
@@ -356,8 +398,8 @@ def ptrue_prompt(item: Item, answer: str) -> str:
 
 
 def logsumexp(values: Sequence[float]) -> float:
+    """log(sum(exp(values))) (``scipy.special.logsumexp``); -inf for no values or all -inf."""
+    from scipy.special import logsumexp as _lse
+
     v = np.asarray(list(values), float)
-    if v.size == 0 or np.all(np.isneginf(v)):
-        return float("-inf")
-    m = v.max()
-    return float(m + np.log(np.exp(v - m).sum()))
+    return float(_lse(v)) if v.size else float("-inf")

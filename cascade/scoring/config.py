@@ -1,24 +1,38 @@
 """The ``cascade score`` configuration: typed, validated (pydantic), read from YAML. No Ray here.
 
-Relative paths in a config file (``out``, ``data_dir``) are taken relative to the file's folder.
+Relative paths in a config file (``out``, ``data_dir``) are taken relative to the file's folder;
+without ``data_dir`` the benchmark files come from :func:`cascade.data.benchmarks.benchmarks_dir`
+(``$CASCADE_BENCHMARKS_DIR``, else ``../shared/benchmarks`` beside the checkout); ``data_dir: hub``
+reads them from the Hugging Face hub. Signal names are those of the registry
+(:mod:`cascade.scoring.signals`); a stage's ``engine_options`` keys are those its engine declares.
 Errors are :class:`ConfigError` (a ``ValueError``): one line per problem, naming the field and the fix.
+
+:func:`redact_secrets` masks values under secret-looking keys before a config is written anywhere
+(``score_stats.json``, tracking).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cascade.data import benchmarks as B
+from . import signals as S
+from .engines import engine_options
 from .engines.base import DTYPES
 from .models import ModelError, check_model
 
-SIGNALS = ("mean_logprob", "first_logprob", "top2_margin", "top2_logit_margin", "choice_logprob", "ptrue")
+
+def _known_signal(name: str) -> str:
+    if name not in S.SIGNALS:
+        raise ValueError(f"unknown signal {name!r}; known: {', '.join(S.SIGNALS)}")
+    return name
 
 
 class ConfigError(ValueError):
@@ -52,6 +66,9 @@ class StageConfig(_Strict):
     max_model_len: int | None = Field(None, ge=16)
     device: Literal["cpu", "cuda"] | None = None
     engine_options: dict = Field(default_factory=dict)
+    # how a vllm stage runs: auto = through ray.data.llm's vLLM processor when it has GPUs, else the engine
+    # in a Ray Data actor; "engine" or "ray.data.llm" force one (ray.data.llm needs engine: vllm)
+    runner: Literal["auto", "engine", "ray.data.llm"] = "auto"
     resources: Resources = Field(default_factory=Resources)
     price: Price = Field(default_factory=Price)
 
@@ -81,7 +98,7 @@ class ScoreConfig(_Strict):
     data_dir: str | None = Field(None, description="local hub-schema files <benchmark>-<split>.parquet; else the hub")
     stages: list[StageConfig] = Field(min_length=1)
     judge: StageConfig | None = None
-    signals: list[Literal[SIGNALS]] = Field(default_factory=lambda: list(SIGNALS))  # type: ignore[valid-type]
+    signals: list[Annotated[str, AfterValidator(_known_signal)]] = Field(default_factory=lambda: list(S.SIGNALS))
     out: str
     shard_size: int = Field(25, ge=1)
     grading: Grading = Field(default_factory=Grading)
@@ -112,7 +129,9 @@ class ScoreConfig(_Strict):
         return b.limit if b.limit is not None else self.limit
 
     def bench_data_dir(self, b: BenchmarkConfig) -> str | None:
-        return b.data_dir if b.data_dir is not None else self.data_dir
+        """The folder of ``b``'s files (see :func:`cascade.data.benchmarks.benchmarks_dir`); None: the hub."""
+        d = B.benchmarks_dir(b.data_dir if b.data_dir is not None else self.data_dir)
+        return None if d is None else str(d)
 
 
 def format_validation_error(e: ValidationError) -> str:
@@ -122,6 +141,8 @@ def format_validation_error(e: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
 
@@ -164,6 +185,8 @@ def resolve_path(p: str | None, base: Path) -> str | None:
     """A config's path made absolute: ``~`` expanded, relative paths taken from ``base`` (the config's folder)."""
     if p is None:
         return None
+    if p == B.HUB:
+        return p
     q = Path(os.path.expanduser(p))
     return str(q if q.is_absolute() else (base / q).resolve())
 
@@ -181,8 +204,15 @@ def _resolve_paths(cfg: ScoreConfig, base: Path) -> ScoreConfig:
 
 
 def check(cfg: ScoreConfig) -> None:
-    """Checks that need no work: benchmark, split and model names, engines installed, data files there."""
+    """Checks that need no work: benchmark, split and model names, engines installed, data files there,
+    an output folder that can be one."""
     problems = []
+    out = Path(cfg.out)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == out else f"lies below the file {p}"
+            problems.append(f"out: {out} {where}; name a folder (created if missing)")
+            break
     for i, b in enumerate(cfg.benchmarks):
         if b.name not in B.BENCHMARKS:
             problems.append(f"benchmarks.{i}.name: unknown benchmark {b.name!r}; known: {', '.join(B.BENCHMARKS)}")
@@ -194,8 +224,9 @@ def check(cfg: ScoreConfig) -> None:
                 problems.append(f"benchmarks.{i}.splits: {b.name} has no split {split!r}; use {', '.join(bench.hub_splits)}")
             elif dd is not None and B.local_file(dd, b.name, split) is None:
                 problems.append(
-                    f"data_dir: no file {Path(dd) / f'{b.name}-{split}.parquet'} for {b.name}/{split}; "
-                    "add it or drop data_dir to read from the hub"
+                    f"data_dir: no file {Path(dd) / f'{b.name}-{split}.parquet'} for {b.name}/{split}; add it, "
+                    f"point data_dir (or ${B.BENCHMARKS_DIR_ENV}) at the folder that holds it, or set data_dir: "
+                    f"{B.HUB} to read from the hub"
                 )
     for where, st in [(f"stages.{i}", s) for i, s in enumerate(cfg.stages)] + (
         [("judge", cfg.judge)] if cfg.judge is not None else []
@@ -216,12 +247,93 @@ def check(cfg: ScoreConfig) -> None:
                 f"{where}.resources.num_gpus: tensor_parallel_size {st.resources.tensor_parallel_size} needs as many "
                 "GPUs per actor; raise num_gpus or lower tensor_parallel_size"
             )
+        if st.runner == "ray.data.llm" and st.engine != "vllm":
+            problems.append(f"{where}.runner: ray.data.llm runs vLLM only; set engine: vllm or runner: auto")
         if st.device == "cuda" and st.resources.num_gpus == 0:
             problems.append(f"{where}.resources.num_gpus: device cuda needs num_gpus > 0")
+        problems.extend(_engine_option_problems(where, st))
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _engine_option_problems(where: str, st: StageConfig) -> list[str]:
+    """Unknown keys, or values of the wrong type, in a stage's engine_options (each engine declares its own)."""
+    valid = engine_options(st.engine)
+    out = []
+    for key, value in st.engine_options.items():
+        if key not in valid:
+            known = ", ".join(sorted(valid)) if valid else f"none (the {st.engine} engine takes no engine_options)"
+            out.append(f"{where}.engine_options.{key}: unknown option for engine {st.engine}; valid: {known}")
+            continue
+        want = valid[key]
+        if isinstance(value, bool):
+            ok = want is bool
+        else:
+            ok = isinstance(value, (int, float) if want is float else want)
+        if value is not None and not ok:
+            out.append(f"{where}.engine_options.{key}: expected {want.__name__}, got {value!r}")
+    return out
 
 
 def needs_gpus(cfg: ScoreConfig) -> float:
     stages = cfg.stages + ([cfg.judge] if cfg.judge else [])
     return max((s.resources.num_gpus for s in stages), default=0.0)
+
+
+# ------------------------------------------------------------------------------------------ secrets
+
+REDACTED = "***"
+_SECRET_WORDS = ("token", "secret", "secrets", "password", "passwords", "passwd", "pwd", "credential",
+                 "credentials", "auth")
+_SECRET_SUFFIXES = ("apikey", "token", "secret", "password", "passwd")
+# "key" is a secret's name unless a word beside it says which kind of key it is (cell_key, sort_key)
+_NOT_SECRET_KEY = {"cell", "sweep", "sort", "cache", "group", "join", "partition", "primary", "foreign", "lookup",
+                   "hash", "row", "column", "index", "metric", "param", "record", "query", "dedup", "order", "dict"}
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?P<pw>[^/\s@]+)(?P<tail>@)")
+
+
+def _words(key: str) -> list[str]:
+    key = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key)
+    return [w for w in re.split(r"[\s_\-.:/]+", key.lower()) if w]
+
+
+def is_secret_key(key) -> bool:
+    """True for keys that look like secrets (``*key*``, ``*token*``, ``*secret*``, ``*password*``, any case):
+    ``api_key``, ``HF_TOKEN``, ``clientSecret``, ``db-password``, ``hftoken``. Words are split at ``_ - . :
+    /``, spaces and camelCase; ``key`` counts unless a word beside it names a non-secret kind of key
+    (``cell_key``, ``sort_key``); plural counts such as ``max_tokens`` are not secrets."""
+    if not isinstance(key, str):
+        return False
+    words = _words(key)
+    for w in words:
+        if w in ("key", "keys"):
+            if not _NOT_SECRET_KEY.intersection(words):
+                return True
+        elif w in _SECRET_WORDS:
+            return True
+        elif any(w.endswith(s) for s in _SECRET_SUFFIXES):
+            return True
+    return False
+
+
+def _mask(v):
+    if isinstance(v, str):
+        return REDACTED if v else v
+    if isinstance(v, dict):
+        return {k: _mask(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_mask(x) for x in v)
+    return v  # numbers, booleans and None carry no secret
+
+
+def redact_secrets(obj):
+    """A copy of ``obj`` (dicts, lists, tuples, strings, scalars) in which the string values under
+    secret-looking keys (:func:`is_secret_key`) and passwords inside URLs (``scheme://user:PASSWORD@host``)
+    are replaced by ``***``. Pure: the input is not changed."""
+    if isinstance(obj, dict):
+        return {k: (_mask(v) if is_secret_key(k) else redact_secrets(v)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact_secrets(x) for x in obj)
+    if isinstance(obj, str):
+        return _URL_PASSWORD.sub(lambda m: m["head"] + REDACTED + m["tail"], obj)
+    return obj

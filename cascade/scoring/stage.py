@@ -1,42 +1,29 @@
 """Scoring one batch of queries with one loaded engine: prompts, signals, P(True), grading, cost.
 
-Plain library code (no Ray): ``jobs/score.py`` runs these functions inside actors, and
+Plain library code (no Ray): ``jobs/score.py`` runs these functions inside Ray Data actors, and
 ``bench/scoring_throughput.py`` runs them bare. Records follow :mod:`cascade.data.records`.
 
-Signals (each its own ``conf_*`` column):
-
-- ``conf_mean_logprob``: mean log-prob of the answer tokens (stop token left out);
-- ``conf_first_logprob``: log-prob of the first generated token;
-- ``conf_top2_margin``: p1 - p2 at the first generated position;
-- ``conf_top2_logit_margin``: l1 - l2 of the raw logits there (= logp1 - logp2, the softmax's
-  normaliser cancels);
-- ``conf_choice_logprob`` (multiple choice only): log-prob of the chosen option letter, normalised over
-  the option letters, at the first generated position (each letter's " X"/"X" spellings summed);
-- ``conf_ptrue``: log P(True) of a second, self-evaluation pass, normalised over True/False; its
-  tokens and cost are the ``ptrue_*`` columns (``cost`` is the answering pass alone).
+A batch is scored in passes: the answering pass (:func:`answer_requests`), the P(True) pass when a
+signal needs it (:func:`ptrue_requests`), then :func:`record_rows` turns the engine's results into
+records: grading, cost, and every configured signal through the registry
+(:mod:`cascade.scoring.signals`, which says what each ``conf_*`` column means and how it is
+computed). :func:`score_items` runs the passes on one loaded engine; the ``ray.data.llm`` path of
+``jobs/score.py`` runs the same functions around vLLM processors, so both write the same records.
+The P(True) pass's tokens and cost are the ``ptrue_*`` columns (``cost`` is the answering pass alone).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from cascade.data import benchmarks as B
-from .engines.base import Engine, GenRequest
-
-SIGNAL_COLUMNS = {
-    "mean_logprob": "conf_mean_logprob",
-    "first_logprob": "conf_first_logprob",
-    "top2_margin": "conf_top2_margin",
-    "top2_logit_margin": "conf_top2_logit_margin",
-    "choice_logprob": "conf_choice_logprob",
-    "ptrue": "conf_ptrue",
-}
+from . import signals as S
+from .engines.base import Engine, GenRequest, GenResult
 
 
 @dataclass(frozen=True)
@@ -50,6 +37,27 @@ class StageInfo:
     price_input: float = 0.0  # USD per 1M tokens
     price_output: float = 0.0
     max_new_tokens: int | None = None
+
+
+def stage_info(st, model_path: str) -> StageInfo:
+    """The records' view of a stage config (:class:`cascade.scoring.config.StageConfig`)."""
+    return StageInfo(st.name, st.engine, model_path, st.dtype, st.price.input, st.price.output, st.max_new_tokens)
+
+
+def load_stage(st) -> tuple[Engine, StageInfo]:
+    """Load a stage's engine (the model converted/resolved first) with the stage's settings."""
+    import math
+
+    from .engines import make_engine
+    from .models import materialize
+
+    threads = st.resources.threads or max(1, math.ceil(st.resources.num_cpus))
+    path = materialize(st.model)
+    kw = dict(dtype=st.dtype, batch_size=st.batch_size, threads=threads, max_model_len=st.max_model_len,
+              tensor_parallel_size=st.resources.tensor_parallel_size, **st.engine_options)
+    if st.engine == "transformers" and st.device:
+        kw["device"] = st.device
+    return make_engine(st.engine, path, **kw), stage_info(st, path)
 
 
 class Prompter:
@@ -84,15 +92,63 @@ class Prompter:
         return groups
 
 
-def _lse(v) -> float:
-    return B.logsumexp(v)
+def answer_requests(prompter: Prompter, bench: B.Benchmark, items: list[B.Item], signals: list[str],
+                    max_new_tokens: int) -> tuple[list[str], list[GenRequest]]:
+    """The rendered prompts and the answering pass's requests (option letters watched when a signal needs them)."""
+    watch_choices = "choices" in S.needed(signals, bench.task)
+    texts = [prompter.text(it.prompt) for it in items]
+    reqs = [GenRequest(prompter.ids(it.prompt), max_new_tokens, prompter.variants(it.choices) if watch_choices else [])
+            for it in items]
+    return texts, reqs
 
 
-def _norm_logprob(chosen: float, all_: list[float]) -> float:
-    tot = _lse(all_)
-    if tot == -math.inf or chosen == -math.inf:
-        return -math.inf
-    return float(chosen - tot)
+def ptrue_requests(prompter: Prompter, items: list[B.Item], answers: list[str]) -> list[GenRequest]:
+    """The P(True) pass: one token, True/False watched, after the proposed answer."""
+    tf = prompter.variants(["True", "False"])
+    return [GenRequest(prompter.ids(B.ptrue_prompt(it, a)), 1, tf) for it, a in zip(items, answers)]
+
+
+def needs_ptrue(bench: B.Benchmark, signals: list[str]) -> bool:
+    return "ptrue" in S.needed(signals, bench.task)
+
+
+def record_rows(stage: StageInfo, bench: B.Benchmark, split: str, items: list[B.Item], texts: list[str],
+                answers: list[GenResult], ptrue: list[GenResult] | None, *, signals: list[str],
+                grading: B.GradingConfig = B.GradingConfig(), run_id: str = "") -> pd.DataFrame:
+    """One records row per item from the engine's results; the same function whichever engine (or
+    ``ray.data.llm``) produced them, so records are identical in form."""
+    rows = []
+    for k, (it, text, r) in enumerate(zip(items, texts, answers)):
+        p = ptrue[k] if ptrue is not None else None
+        row = {
+            "benchmark": bench.name,
+            "split": split,
+            "query_id": int(it.query_id),
+            "model": stage.model,
+            "correct": B.grade(bench, it, r.text, grading),
+            "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens,
+            "cost": (r.input_tokens * stage.price_input + r.output_tokens * stage.price_output) / 1e6,
+        }
+        row.update(S.compute(signals, S.Observation(it, bench.task, r, p)))
+        row.update(
+            answer=r.text,
+            target=it.target,
+            accelerator_seconds=float(r.seconds) + (float(p.seconds) if p is not None else 0.0),
+            engine=stage.engine,
+            model_path=stage.model_path,
+            dtype=stage.dtype,
+            prompt_sha1=hashlib.sha1(text.encode()).hexdigest(),
+            run_id=run_id,
+        )
+        if p is not None:
+            row["ptrue_input_tokens"] = p.input_tokens
+            row["ptrue_output_tokens"] = p.output_tokens
+            row["ptrue_cost"] = (p.input_tokens * stage.price_input + p.output_tokens * stage.price_output) / 1e6
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df["scored_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return df
 
 
 def score_items(
@@ -109,79 +165,26 @@ def score_items(
     """Answer ``items`` with ``engine`` and return one records row per item (correct: reference grader)."""
     bench = B.get(benchmark)
     prompter = Prompter(engine.tokenizer)
-    mc = bench.task == "multiple_choice"
-    max_new = stage.max_new_tokens or bench.max_new_tokens
-    texts = [prompter.text(it.prompt) for it in items]
-    reqs = []
-    for it, text in zip(items, texts):
-        watch = prompter.variants(it.choices) if (mc and "choice_logprob" in signals) else []
-        reqs.append(GenRequest(prompter.ids(it.prompt), max_new, watch))
+    texts, reqs = answer_requests(prompter, bench, items, signals, stage.max_new_tokens or bench.max_new_tokens)
     res = engine.generate(reqs)
+    pt = engine.generate(ptrue_requests(prompter, items, [r.text for r in res])) if needs_ptrue(bench, signals) else None
+    return record_rows(stage, bench, split, items, texts, res, pt, signals=signals, grading=grading, run_id=run_id)
 
-    rows = []
-    for it, text, r in zip(items, texts, res):
-        answer_lps = r.token_logprobs[:-1] if (r.stopped and len(r.token_logprobs) > 1) else r.token_logprobs
-        if r.stopped and len(r.token_logprobs) == 1:
-            answer_lps = r.token_logprobs
-        row = {
-            "benchmark": benchmark,
-            "split": split,
-            "query_id": int(it.query_id),
-            "model": stage.model,
-            "correct": B.grade(bench, it, r.text, grading),
-            "input_tokens": r.input_tokens,
-            "output_tokens": r.output_tokens,
-            "cost": (r.input_tokens * stage.price_input + r.output_tokens * stage.price_output) / 1e6,
-        }
-        lp1, lp2 = r.top2_logprobs
-        if "mean_logprob" in signals:
-            row["conf_mean_logprob"] = float(np.mean(answer_lps)) if answer_lps else -math.inf
-        if "first_logprob" in signals:
-            row["conf_first_logprob"] = float(r.token_logprobs[0]) if r.token_logprobs else -math.inf
-        if "top2_margin" in signals:
-            row["conf_top2_margin"] = float(math.exp(lp1) - math.exp(lp2))
-        if "top2_logit_margin" in signals:
-            row["conf_top2_logit_margin"] = float(lp1 - lp2) if lp2 > -math.inf else math.inf
-        if mc and "choice_logprob" in signals:
-            letter = B.extract_letter(r.text, it.choices or [])
-            k = it.choices.index(letter) if letter else int(np.argmax(r.watch_logprobs))
-            row["conf_choice_logprob"] = _norm_logprob(r.watch_logprobs[k], r.watch_logprobs)
-        row.update(
-            answer=r.text,
-            target=it.target,
-            accelerator_seconds=float(r.seconds),
-            engine=stage.engine,
-            model_path=stage.model_path,
-            dtype=stage.dtype,
-            prompt_sha1=hashlib.sha1(text.encode()).hexdigest(),
-            run_id=run_id,
-        )
-        rows.append(row)
 
-    if "ptrue" in signals:
-        tf = prompter.variants(["True", "False"])
-        preqs = [GenRequest(prompter.ids(B.ptrue_prompt(it, row["answer"])), 1, tf) for it, row in zip(items, rows)]
-        for row, p in zip(rows, engine.generate(preqs)):
-            t, f = p.watch_logprobs
-            row["conf_ptrue"] = _norm_logprob(t, [t, f])
-            row["ptrue_input_tokens"] = p.input_tokens
-            row["ptrue_output_tokens"] = p.output_tokens
-            row["ptrue_cost"] = (p.input_tokens * stage.price_input + p.output_tokens * stage.price_output) / 1e6
-            row["accelerator_seconds"] += float(p.seconds)
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    df = pd.DataFrame(rows)
-    df["scored_at"] = now
-    return df
+def judge_requests(prompter: Prompter, bench: B.Benchmark, items: list[B.Item], answers: list[str]) -> list[GenRequest]:
+    yn = prompter.variants(["Yes", "No"])
+    return [GenRequest(prompter.ids(B.judge_prompt(bench, it, a)), 1, yn) for it, a in zip(items, answers)]
+
+
+def verdicts(results: list[GenResult]) -> np.ndarray:
+    """A judge's verdicts in {0, 1}: P(Yes) > P(No) at its first generated position."""
+    return np.array([float(r.watch_logprobs[0] > r.watch_logprobs[1]) for r in results], dtype=np.float64)
 
 
 def judge_items(engine: Engine, benchmark: str, items: list[B.Item], answers: list[str]) -> np.ndarray:
     """A judge model's verdicts in {0, 1}: P(Yes) > P(No) at its first generated position."""
     bench = B.get(benchmark)
-    prompter = Prompter(engine.tokenizer)
-    yn = prompter.variants(["Yes", "No"])
-    reqs = [GenRequest(prompter.ids(B.judge_prompt(bench, it, a)), 1, yn) for it, a in zip(items, answers)]
-    out = engine.generate(reqs)
-    return np.array([float(r.watch_logprobs[0] > r.watch_logprobs[1]) for r in out], dtype=np.float64)
+    return verdicts(engine.generate(judge_requests(Prompter(engine.tokenizer), bench, items, answers)))
 
 
 def column_order(df: pd.DataFrame) -> pd.DataFrame:

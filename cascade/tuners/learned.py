@@ -22,7 +22,6 @@ records' ``answer`` column), so nothing here depends on where the text comes fro
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -52,9 +51,14 @@ def load_encoder(device: str = "cpu") -> Callable[[list[str]], np.ndarray]:
     return encode
 
 
-def benchmark_questions(benchmark: str, split: str, root: str | os.PathLike = "/work/shared/benchmarks") -> dict[int, str]:
-    """query_id (row index) -> question text (with its options for multiple choice) of a benchmark file."""
-    df = pd.read_parquet(Path(root) / f"{benchmark}-{split}.parquet")
+def benchmark_questions(benchmark: str, split: str, root: str | os.PathLike | None = None) -> dict[int, str]:
+    """query_id (row index) -> question text (with its options for multiple choice) of a benchmark file.
+    The file is ``<root>/<benchmark>-<split>.parquet``; without ``root``, the folder follows
+    :func:`cascade.data.benchmarks.benchmarks_dir` ($CASCADE_BENCHMARKS_DIR, else ../shared/benchmarks
+    beside the checkout)."""
+    from cascade.data import benchmarks as B
+
+    df = B.read_file(B.benchmark_file(benchmark, split, root))
     col = "question" if "question" in df.columns else "document"
     texts = df[col].astype(str).tolist()
     if {"opa", "opb", "opc", "opd"} <= set(df.columns):

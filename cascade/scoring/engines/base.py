@@ -35,12 +35,17 @@ class GenResult:
 
 
 class Engine(ABC):
-    """A loaded model that generates greedily. Subclasses set ``name`` and ``tokenizer``."""
+    """A loaded model that generates greedily. Subclasses set ``name`` and ``tokenizer``.
+
+    ``OPTIONS`` names the engine-specific keyword arguments a scoring config may pass through a stage's
+    ``engine_options`` (with their types); the config refuses any other key before work starts.
+    """
 
     name = "base"
+    OPTIONS: dict[str, type] = {}
 
     def __init__(self, model_path: str, *, dtype: str = "bfloat16", batch_size: int = 8, threads: int | None = None,
-                 max_model_len: int | None = None, tensor_parallel_size: int = 1, **options):
+                 max_model_len: int | None = None, tensor_parallel_size: int = 1):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if batch_size < 1:
@@ -51,7 +56,6 @@ class Engine(ABC):
         self.threads = threads
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
-        self.options = options
         self.tokenizer = None
 
     @abstractmethod

@@ -38,6 +38,7 @@ class _Recorder:
 
 class TransformersEngine(Engine):
     name = "transformers"
+    OPTIONS: dict[str, type] = {}  # the device is the stage's own ``device`` field
 
     def __init__(self, model_path: str, *, device: str = "cpu", **kwargs):
         super().__init__(model_path, **kwargs)
