@@ -142,15 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     # 2 + 3. tune and log
     parent_id = None
     ctx = None
-    if tracking is not None:
-        ctx = tracking.parent_run(args.experiment, "demo", uri=args.tracking_uri,
-                                  params={"score_config": str(Path(args.config).resolve()),
-                                          "example_results": str(EXAMPLE_RESULTS), "methods": METHODS + ["margin"],
-                                          "reference": REFERENCE})
-        parent = ctx.__enter__()
-        parent_id = parent.info.run_id
     try:
         if tracking is not None:
+            parent_ctx = tracking.parent_run(args.experiment, "demo", uri=args.tracking_uri,
+                                             params={"score_config": str(Path(args.config).resolve()),
+                                                     "example_results": str(EXAMPLE_RESULTS),
+                                                     "methods": METHODS + ["margin"], "reference": REFERENCE})
+            parent_id = parent_ctx.__enter__().info.run_id
+            ctx = parent_ctx
             tracking.log_scoring(stats, config=stats["config"], config_path=args.config, parent_run_id=parent_id)
         print(f"[2/3] tuning {len(METHODS) + 1} methods on the tiny-model records and {len(METHODS)} methods on "
               f"every cascade of {args.max_chain} example models", flush=True)
@@ -172,18 +171,21 @@ def main(argv: list[str] | None = None) -> int:
                           "medmcqa", EXAMPLE_RESULTS, parent_id, tracking, progress)
         per, summ = comparison(rows)
         if tracking is not None:
-            import mlflow
-
-            mlflow.log_table(per, artifact_file="comparison_per_cascade.json")
-            mlflow.log_table(summ, artifact_file="comparison_summary.json")
+            metrics = {}
             for _, r in summ.iterrows():
                 key = f"{r['records'].split()[0]}.{r['method']}.{r['cascades']}.mean_pct_vs_{REFERENCE}"
-                val = r["mean_%_vs_" + REFERENCE]
-                if np.isfinite(val):
-                    mlflow.log_metric(key.replace(">=", "ge").replace("=", ""), float(val))
-    finally:
+                metrics[key.replace(">=", "ge").replace("=", "")] = r["mean_%_vs_" + REFERENCE]
+            tracking.log_summary(tables={"comparison_per_cascade.json": per, "comparison_summary.json": summ},
+                                 metrics=metrics)
+    except BaseException as e:
         if ctx is not None:
-            ctx.__exit__(*sys.exc_info())
+            ctx.__exit__(*sys.exc_info())  # the parent run ends FAILED; the first error is the one raised
+        if tracking is not None and isinstance(e, tracking.TrackingUnavailable):
+            e.kept = stats["out_dir"]  # the scored records; the tuning reruns in a minute or two
+            e.log_command = f"cascade log {stats['out_dir']}"
+        raise
+    if ctx is not None:
+        ctx.__exit__(None, None, None)
 
     # 4. report
     pd.set_option("display.width", 160)
@@ -212,18 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` with the exit statuses of the docs: 2 bad input, 3 tracking failed (one line each)."""
     try:
-        sys.exit(main())
+        return main(argv)
     except Exception as e:  # a clear one-line error for what a user can fix
-        from cascade.scoring.config import ConfigError
         from cascade.data.records import RecordsError
+        from cascade.scoring.config import ConfigError
 
+        if type(e).__name__ == "TrackingUnavailable":
+            print(e.line("demo", kept=getattr(e, "kept", None), log_command=getattr(e, "log_command", None))
+                  + "; rerun once the store works (finished shards are skipped) or with --no-tracking",
+                  file=sys.stderr)
+            return 3
         if isinstance(e, (ConfigError, RecordsError, ValueError, FileNotFoundError)):
             print(f"demo: error: {e}", file=sys.stderr)
-            sys.exit(2)
-        if type(e).__name__ == "TrackingUnavailable":
-            print(f"demo: {e}; scored records (if any) are kept; rerun with --no-tracking or fix the store",
-                  file=sys.stderr)
-            sys.exit(3)
+            return 2
         raise
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

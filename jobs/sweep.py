@@ -154,8 +154,7 @@ def run(args) -> int:
         spec = spec.model_copy(update={"out": str(Path(args.out).resolve())})
     experiment = args.experiment or spec.experiment
     uri = tracking.tracking_uri(args.tracking_uri)
-    if not args.dry_run or uri.startswith(("http://", "https://")):  # a dry run creates no store folder
-        tracking.check_reachable(uri)  # before any work: a store that cannot be written fails here
+    tracking.check_reachable(uri, write=not args.dry_run)  # before any work; a dry run creates no folder
 
     # scoring that feeds the sweep (a rerun skips finished shards)
     scored: list = []

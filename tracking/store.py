@@ -116,9 +116,10 @@ def store_exists(uri: str) -> bool:
     return p is None or p.exists()
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
+def check_reachable(uri: str, timeout: float = 5.0, *, write: bool = True) -> None:
     """Raise :class:`TrackingUnavailable` if an HTTP tracking server does not answer ``/health``, or a SQLite
-    store cannot be written (its folder or file read-only, or the file is not a SQLite database)."""
+    store cannot be written (its folder or file read-only, or the file is not a SQLite database).
+    ``write=False``: only what reading needs (no folder is created; a missing store is fine)."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
@@ -132,6 +133,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return
     if db.is_dir():
         raise TrackingUnavailable(f"SQLite tracking store {db} is a folder: name a database file")
+    if not write:
+        if db.is_file():
+            _check_sqlite_header(db)
+        return
     parent = db.parent
     if parent.exists() and not parent.is_dir():
         raise TrackingUnavailable(f"cannot create the SQLite tracking store {db}: {parent} is a file")
@@ -144,10 +149,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if db.exists():
         if not os.access(db, os.W_OK):
             raise TrackingUnavailable(f"SQLite tracking store {db} is read-only")
+        _check_sqlite_header(db)
+
+
+def _check_sqlite_header(db: Path) -> None:
+    try:
         with open(db, "rb") as fh:
             head = fh.read(16)
-        if head and head != b"SQLite format 3\x00":
-            raise TrackingUnavailable(f"{db} is not a SQLite database (not an MLflow store)")
+    except OSError as e:
+        raise TrackingUnavailable(f"cannot read the SQLite tracking store {db}: {_reason(e)}") from e
+    if head and head != b"SQLite format 3\x00":
+        raise TrackingUnavailable(f"{db} is not a SQLite database (not an MLflow store)")
 
 
 # ------------------------------------------------------------------------------------------------
