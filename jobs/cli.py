@@ -16,6 +16,7 @@ from cascade.data.records import RecordsError
 COMMANDS = [
     "jobs.commands.records",  # cascade import
     "jobs.commands.tune",  # cascade tune, cascade compare
+    "jobs.commands.select",  # cascade select
 ]
 # Optional command modules (added by the scoring, baselines and tracking work); skipped if absent.
 OPTIONAL_COMMANDS = [

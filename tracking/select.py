@@ -1,0 +1,78 @@
+"""MLflow logging of a ``cascade select`` output: a parent run with the frontier plot, the frontier table,
+the answer and the comparison metrics, and one nested run per sub-cascade (the existing tuning-run shape,
+through :func:`tracking.log_tune_dir`). Everything logged is read from the written output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .mlflow_log import log_summary, log_tune_dir, parent_run
+from .store import guard, write_lock
+
+
+def selection_metrics(summary: dict) -> dict:
+    """Parent-run metrics: the frontier's own test AUC, and per baseline the AUCs over the shared range,
+    the % change and the share of that range where the frontier is lower."""
+    out = {"frontier_test_auc": summary.get("frontier_test_auc"), "n_frontier": summary.get("n_frontier"),
+           "n_candidates": summary.get("n_candidates"), "n_subcascades": summary.get("n_subcascades"),
+           "seconds": summary.get("seconds"), "seconds_tuning": summary.get("seconds_tuning")}
+    for name, e in (summary.get("baselines") or {}).items():
+        out[f"{name}.auc_frontier"] = e.get("auc_frontier")
+        out[f"{name}.auc_baseline"] = e.get("auc_baseline")
+        out[f"{name}.pct_change"] = e.get("pct_change")
+        out[f"{name}.frontier_better_share"] = e.get("frontier_better_share")
+    for name, v in ((summary.get("all_curves") or {}).get("best_share") or {}).items():
+        out[f"best_share.{name}"] = v
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def frontier_table(frontier: pd.DataFrame) -> pd.DataFrame:
+    """The frontier as a table MLflow can show (lists as JSON strings)."""
+    cols = [c for c in ("budget_lo", "budget_hi", "cascade", "point", "thresholds", "abstain_thresholds",
+                        "train_error", "train_cost", "measured_train_error", "measured_train_cost", "test_error",
+                        "test_cost", "test_wrong", "test_abstention") if c in frontier]
+    t = frontier[cols].copy()
+    for c in ("thresholds", "abstain_thresholds"):
+        if c in t:
+            t[c] = t[c].map(lambda v: json.dumps([None if not pd.notna(x) or abs(x) == float("inf") else round(float(x), 6)
+                                                  for x in v]))
+    return t
+
+
+def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | None = None, records_path=None,
+                  records_df: pd.DataFrame | None = None, run_name: str | None = None) -> str:
+    """Log a written ``cascade select --out DIR``; returns the parent run id. Raises
+    :class:`tracking.TrackingUnavailable` when the store fails (the folder on disk is untouched)."""
+    import mlflow
+
+    out_dir = Path(out_dir)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    frontier = pd.read_parquet(out_dir / "frontier.parquet")
+    chain = summary.get("chain") or []
+    name = run_name or (f"{summary.get('method')} | select {' > '.join(chain)}"
+                        + (f" | abstain {summary['abstain_cost']:g}" if summary.get("abstain_cost") is not None else ""))
+    params = {"command": "select", "method": summary.get("method"), "chain": " > ".join(chain),
+              "select_on": summary.get("select_on"), "abstain_cost": summary.get("abstain_cost"),
+              "benchmark": summary.get("benchmark"), "cost_mode": summary.get("cost_mode"),
+              "train_split": summary.get("train_split"), "test_split": summary.get("test_split"),
+              "n_subcascades": summary.get("n_subcascades"), "records": str(records_path or summary.get("records")),
+              "output": str(out_dir.resolve())}
+    tags = {"cascade.kind": "select", "cascade.benchmark": summary.get("benchmark"),
+            "cascade.logged_from": str(out_dir.resolve())}
+    with parent_run(experiment, name, params=params, tags=tags, uri=uri) as parent:
+        with guard("logging the selection's artifacts"), write_lock():
+            for f in ("frontier.png", "frontier.parquet", "summary.json", "answer.txt", "candidates.parquet"):
+                if (out_dir / f).exists():
+                    mlflow.log_artifact(str(out_dir / f))
+        log_summary(tables={"frontier_table.json": frontier_table(frontier)}, metrics=selection_metrics(summary))
+        for d in sorted(p for p in (out_dir / "cascades").iterdir() if (p / "summary.json").exists()):
+            log_tune_dir(d, records_path=records_path, records_df=records_df, parent_run_id=parent.info.run_id,
+                         tags={"cascade.select_parent": parent.info.run_id})
+        return parent.info.run_id
+
+
+__all__ = ["log_selection", "selection_metrics", "frontier_table"]
