@@ -179,11 +179,12 @@ out, mode = Path(sys.argv[1]), sys.argv[2]
 tables = [records.to_arrow(records.validate(pd.DataFrame({
     "benchmark": "b", "split": "test", "query_id": range(2000), "model": "m", "confidence": float(k),
     "correct": 1.0, "input_tokens": 1, "output_tokens": 1, "cost": float(k)}))) for k in range(3)]
-print("ready", flush=True)
 i = 0
 while True:
     path = out / "b" / "m" / (f"s-{i:05d}.parquet" if mode == "new" else "same.parquet")
     records.write_part(tables[i % 3], path)
+    if i == 0:
+        print("ready", flush=True)  # one shard written: the kill lands while later ones are written
     i += 1
 """
 
@@ -194,7 +195,7 @@ def test_sigkill_at_random_moments_never_leaves_a_verified_wrong_shard(tmp_path,
     tables written, or is reported by verify_part (only possible when a shard was being replaced)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     allowed = {float(k) for k in range(3)}
-    for rep, delay in enumerate((0.3, 0.7, 1.1)):
+    for rep, delay in enumerate((0.05, 0.3, 0.7)):
         out = tmp_path / f"{mode}-{rep}"
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), mode], env=env, stdout=subprocess.PIPE,
                                 text=True)
@@ -203,7 +204,7 @@ def test_sigkill_at_random_moments_never_leaves_a_verified_wrong_shard(tmp_path,
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         shards = records.parquet_files(out)
-        assert shards, "the writer wrote nothing before it was killed: raise the delay"
+        assert shards
         for f in shards:
             reason = verify_part(f, require_manifest=True)
             if reason is None:
