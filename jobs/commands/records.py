@@ -9,9 +9,12 @@ def register(sub) -> None:
     p = sub.add_parser("import", help="validate per-query x model results (Parquet/CSV) and store them",
                        description="Validate per-query x model results (Parquet or CSV with the columns benchmark, "
                                    "split, query_id, model, confidence, correct, input_tokens, output_tokens, cost) "
-                                   "and add them to a results store. Bad input writes nothing.")
+                                   "and add them to a results store. Bad input writes nothing. Writes hold the "
+                                   "store's lock (STORE/store.lock) and every shard gets a sha256 manifest; "
+                                   "a model must cover the same queries as the models already stored.")
     p.add_argument("file", help="Parquet or CSV file")
-    p.add_argument("--out", required=True, help="results store folder (created if missing)")
+    p.add_argument("--out", required=True, help="results store folder (created if missing; not a file, not "
+                                                "inside another store)")
     p.add_argument("--prices", help="YAML price table {model: {input: USD/1M tokens, output: USD/1M tokens}}, "
                                     "used when the file has no cost column")
     p.add_argument("--overwrite", action="store_true", help="replace records the store already holds for "
