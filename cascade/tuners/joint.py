@@ -118,6 +118,7 @@ class MarkovJoint:
             iq = np.concatenate([[0.0], np.cumsum(q * np.diff(fine))])
             self._iq_grid.append(fine)
             self._iq.append(iq)
+        self._iq_edges = [self._iq_at(j, g) for j, g in enumerate(self.edges)]
         # transition matrices, conditional on the row cell: K_j[a, b] = P(V_{j+1} in b | V_j in a)
         x, w = np.polynomial.legendre.leggauss(n_nodes)
         x, w = (x + 1) / 2, w / 2
@@ -199,22 +200,31 @@ class MarkovJoint:
         out = {name: np.zeros((B, k)) for name in ("reach", "answer", "answer_correct", "abstain", "abstain_correct")}
         mass = np.broadcast_to(self.widths[0], (B, len(self.widths[0])))  # P(reach 1, V_1 in cell a)
         wmass = None  # with a correctness function: E[rho; reach j, V_j in cell a]
+        rows = np.arange(B)
         for j in range(k):
             g, w = self.edges[j], self.widths[j]
-            a, b = g[:-1][None, :], g[1:][None, :]
+            n_j = len(w)
             dens = mass / w[None, :]
             wdens = dens if wmass is None else wmass / w[None, :]
-            h = np.clip(hi[:, j:j + 1], a, b)  # upper threshold clipped into every cell
-            l_ = np.clip(lo[:, j:j + 1], a, b)
-            iq_h, iq_l = self._iq_at(j, h), self._iq_at(j, l_)
-            iq_edges = self._iq_at(j, g)
+            iqe = self._iq_edges[j]
             out["reach"][:, j] = mass.sum(axis=1)
-            out["answer"][:, j] = np.sum(dens * (b - h), axis=1)
-            out["answer_correct"][:, j] = np.sum(wdens * (iq_edges[None, 1:] - iq_h), axis=1)
-            out["abstain"][:, j] = np.sum(dens * (l_ - a), axis=1)
-            out["abstain_correct"][:, j] = np.sum(wdens * (iq_l - iq_edges[None, :-1]), axis=1)
+            # each threshold cuts one cell: whole cells above it (cumulative sums) plus the cut part
+            cm = np.cumsum(mass, axis=1)
+            cw = np.cumsum(wdens * np.diff(iqe)[None, :], axis=1)
+            parts = {}
+            for name, s_ in (("hi", hi[:, j]), ("lo", lo[:, j])):
+                c = np.clip(np.searchsorted(g, s_, side="right") - 1, 0, n_j - 1)  # cell holding s_
+                s_ = np.clip(s_, g[c], g[c + 1])
+                below_m = cm[rows, c] - dens[rows, c] * (g[c + 1] - s_)  # mass below s_
+                below_w = cw[rows, c] - wdens[rows, c] * (iqe[c + 1] - self._iq_at(j, s_))
+                parts[name] = (below_m, below_w)
+            out["answer"][:, j] = cm[:, -1] - parts["hi"][0]
+            out["answer_correct"][:, j] = cw[:, -1] - parts["hi"][1]
+            out["abstain"][:, j] = parts["lo"][0]
+            out["abstain_correct"][:, j] = parts["lo"][1]
             if j < k - 1:
-                deferred = dens * (h - l_)
+                deferred = dens * (np.clip(hi[:, j:j + 1], g[None, :-1], g[None, 1:])
+                                   - np.clip(lo[:, j:j + 1], g[None, :-1], g[None, 1:]))
                 mass = deferred @ self.kernels[j]
                 wk = self.weighted_kernels[j + 1]
                 wmass = None if wk is None else deferred @ wk
