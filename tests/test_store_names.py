@@ -92,14 +92,22 @@ def _old_store(tmp_path) -> Path:
     """A store as the pre-folder_name writer left it: `_safe` folder names, no manifests, no lock."""
     store = tmp_path / "old"
     df = _frame(["org/m", "big"])
-    for model, folder in (("org/m", "org_m"), ("big", "big")):
+    for model in ("org/m", "big"):
+        folder = records.legacy_folder_name(model)
         (store / "bench" / folder).mkdir(parents=True)
         df[df.model == model].to_parquet(store / "bench" / folder / "part-0123456789ab.parquet", index=False)
     return store
 
 
+def test_legacy_folder_name_is_the_old_mapping():
+    assert records.legacy_folder_name("org/m") == records.legacy_folder_name("org_m") == "org_m"
+    assert records.legacy_folder_name("../x") == ".._x"  # why it had to go
+    assert records.legacy_folder_name("llama3.2-1b") == folder_name("llama3.2-1b", "model")
+
+
 def test_old_store_is_read_extended_and_overwritten_by_columns(tmp_path):
     store = _old_store(tmp_path)
+    assert (store / "bench" / "org_m").is_dir()
     assert len(records.load(store)) == 24
     assert records.existing_groups(store) == {("bench", "org/m"), ("bench", "big")}
     # a new model named org_m: a folder the old writer would have shared with org/m

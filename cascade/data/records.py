@@ -123,6 +123,15 @@ def name_from_folder(folder: str) -> str:
     return urllib.parse.unquote(folder, errors="strict")
 
 
+def legacy_folder_name(name: str) -> str:
+    """The folder name versions before :func:`folder_name` gave ``name`` (runs of characters outside
+    ``A-Z a-z 0-9 . _ = -`` replaced by ``_``; not injective, could escape). Only for finding what
+    they wrote, e.g. finished shards of an older scoring run; never for writing."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
+
+
 def _safe(name: str) -> str:
     """Deprecated alias kept while jobs/score.py moves to :func:`folder_name`; same encoding."""
     return folder_name(name, "name")
