@@ -132,11 +132,6 @@ def legacy_folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
 
 
-def _safe(name: str) -> str:
-    """Deprecated alias kept while jobs/score.py moves to :func:`folder_name`; same encoding."""
-    return folder_name(name, "name")
-
-
 def _case_clashes(names: Iterable[str]) -> list[list[str]]:
     """Groups of distinct names that differ only by letter case (they share a folder on macOS/Windows)."""
     by: dict[str, set[str]] = {}
