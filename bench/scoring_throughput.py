@@ -1,21 +1,28 @@
-"""Scoring throughput: the Ray pipeline (jobs.score.run) against the bare engine, same model and prompts.
+"""Scoring throughput and memory: the Ray Data pipeline (jobs.score.run) against the bare engine.
 
-    .venv/bin/python bench/scoring_throughput.py [--model smollm2-135m] [--n 48] [--threads 2]
+    .venv/bin/python bench/scoring_throughput.py [--model smollm2-135m] [--n 150] [--scale 10] [--threads 2]
 
-1. bare: one in-process engine scores the queries shard by shard (cascade.scoring.stage.score_items);
-2. pipeline: ``jobs.score.run`` with one stage (one actor, the same threads) on the same queries;
-3. pipeline again on 3x the queries, to show that peak memory does not grow with the dataset.
+1. bare: one in-process engine scores the first ``n`` MMLU test questions shard by shard
+   (``cascade.scoring.stage.score_items``, all six signals, so the P(True) pass runs too);
+2. pipeline: ``jobs.score.run`` with one stage (one actor, the same threads) on the same questions;
+3. memory: the pipeline on ``n`` (1x) and on ``n x scale`` (10x) questions with the answer-pass signals
+   only, to show that peak memory does not grow with the dataset.
 
-Throughput is taken over scoring time (engine loaded): queries/s and output tokens/s (answer pass;
-the P(True) pass runs in both). Peak memory is the high-water mark of the summed RSS of this process
-and all its children (Ray's raylet, workers and actors), sampled every 0.2 s.
+Questions come from ``mmlu-test.parquet`` in the benchmark folder (``--data-dir``, else the project's
+rule: ``$CASCADE_BENCHMARKS_DIR``, else ``../shared/benchmarks`` beside the checkout); the script stops
+if that file has fewer than ``n x scale`` rows rather than measure something smaller.
+
+Throughput is taken over scoring time (engine loaded): queries/s and output tokens/s. The wall time
+of the whole call (Ray start and model load included) is printed next to its CPU time (user + system
+of this process and all its children: Ray's raylet, workers and actors), and the thread counts the engine ran with (torch intra-op threads and the BLAS pools
+threadpoolctl sees). Peak memory is the high-water mark of the summed RSS of the process tree, sampled
+every 0.2 s, and of the driver alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import threading
 import time
@@ -24,29 +31,43 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+ANSWER_SIGNALS = ["mean_logprob", "first_logprob", "top2_margin", "top2_logit_margin", "choice_logprob"]
 
 
-class PeakRSS:
+class Meter:
+    """Peak RSS (process tree and this process) and CPU seconds of the tree while the block runs."""
+
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self._stop = interval, threading.Event()
+        self.peak = self.peak_self = 0
+        self.cpu: dict[int, float] = {}
+        self.cpu0: dict[int, float] = {}
 
-    def _sample(self) -> int:
+    def _sample(self) -> None:
         me = psutil.Process()
         total = 0
         for p in [me, *me.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                with p.oneshot():
+                    rss = p.memory_info().rss
+                    t = p.cpu_times()
+                total += rss
+                self.cpu[p.pid] = t.user + t.system
+                if p.pid == me.pid:
+                    self.peak_self = max(self.peak_self, rss)
             except psutil.Error:
                 pass
-        return total
+        self.peak = max(self.peak, total)
 
     def _loop(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self):
-        self.peak = self._sample()
+        self._sample()
+        self.cpu0 = dict(self.cpu)
+        self.t0 = time.perf_counter()
         self._t = threading.Thread(target=self._loop, daemon=True)
         self._t.start()
         return self
@@ -54,97 +75,125 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+        self._sample()
+        self.wall = time.perf_counter() - self.t0
+        self.cpu_seconds = sum(v - self.cpu0.get(pid, 0.0) for pid, v in self.cpu.items())
 
 
-def data_dir() -> str:
-    shared = ROOT.parent / "shared" / "benchmarks"
-    return str(shared if (shared / "mmlu-test.parquet").exists() else ROOT / "examples" / "benchmarks")
+def blas_threads() -> str:
+    from threadpoolctl import threadpool_info
+
+    return ", ".join(f"{i['internal_api']}:{i['num_threads']}" for i in threadpool_info()) or "none"
 
 
-def config(model: str, n: int, out: str, threads: int, batch: int, dtype: str, shard: int) -> dict:
+def data_dir(arg: str | None, need: int) -> str:
+    import pandas as pd
+
+    from cascade.data import benchmarks as B
+
+    folder = B.benchmarks_dir(arg)
+    path = B.benchmark_file("mmlu", "test", folder)
+    rows = len(pd.read_parquet(path))
+    if rows < need:
+        raise SystemExit(f"{path} has {rows} questions; this run needs {need} (--n x --scale): lower them, or point "
+                         f"--data-dir / ${B.BENCHMARKS_DIR_ENV} at a larger mmlu-test file")
+    return str(folder)
+
+
+def config(a, n: int, out: str, signals: list[str]) -> dict:
     return {
         "benchmarks": [{"name": "mmlu", "splits": ["test"], "limit": n}],
-        "data_dir": data_dir(),
-        "out": out,
-        "shard_size": shard,
+        "data_dir": a.data_dir, "out": out, "shard_size": a.shard_size, "signals": signals,
         "stages": [{
-            "name": model, "model": model, "engine": "transformers", "dtype": dtype, "batch_size": batch,
-            "resources": {"num_cpus": threads, "threads": threads}, "price": {"input": 0.01, "output": 0.02},
+            "name": a.model, "model": a.model, "engine": "transformers", "dtype": a.dtype, "batch_size": a.batch_size,
+            "resources": {"num_cpus": a.threads, "threads": a.threads}, "price": {"input": 0.01, "output": 0.02},
         }],
         "ray": {"progress": False},
     }
 
 
-def bare(model: str, n: int, threads: int, batch: int, dtype: str, shard: int) -> dict:
+def bare(a, n: int, signals: list[str]) -> dict:
+    import torch
+
     from cascade.data import benchmarks as B
-    from cascade.scoring.config import SIGNALS
     from cascade.scoring.engines import make_engine
     from cascade.scoring.models import materialize
     from cascade.scoring.stage import StageInfo, score_items
 
-    path = materialize(model)
-    with PeakRSS() as mem:
+    path = materialize(a.model)
+    with Meter() as m:
         t0 = time.perf_counter()
-        eng = make_engine("transformers", path, dtype=dtype, batch_size=batch, threads=threads)
+        eng = make_engine("transformers", path, dtype=a.dtype, batch_size=a.batch_size, threads=a.threads)
         load = time.perf_counter() - t0
-        its = B.items("mmlu", B.load_split("mmlu", "test", data_dir=data_dir(), limit=n))
-        info = StageInfo(model, "transformers", path, dtype, 0.01, 0.02)
+        its = B.items("mmlu", B.load_split("mmlu", "test", data_dir=a.data_dir, limit=n))
+        info = StageInfo(a.model, "transformers", path, a.dtype, 0.01, 0.02)
         t1 = time.perf_counter()
         out_tokens = 0
-        for s in range(0, len(its), shard):
-            df = score_items(eng, info, "mmlu", "test", its[s:s + shard], signals=list(SIGNALS))
+        for s in range(0, len(its), a.shard_size):
+            df = score_items(eng, info, "mmlu", "test", its[s:s + a.shard_size], signals=signals)
             out_tokens += int(df["output_tokens"].sum())
         secs = time.perf_counter() - t1
-    return {"n": len(its), "load_seconds": load, "seconds": secs, "queries_per_s": len(its) / secs,
-            "output_tokens_per_s": out_tokens / secs, "peak_rss_mb": mem.peak / 2**20}
+    return {"n": len(its), "load_seconds": load, "seconds": secs, "wall_seconds": m.wall, "cpu_seconds": m.cpu_seconds,
+            "queries_per_s": len(its) / secs, "output_tokens_per_s": out_tokens / secs,
+            "peak_rss_mb": m.peak / 2**20, "driver_peak_rss_mb": m.peak_self / 2**20,
+            "torch_threads": torch.get_num_threads(), "blas": blas_threads()}
 
 
-def pipeline(model: str, n: int, threads: int, batch: int, dtype: str, shard: int) -> dict:
+def pipeline(a, n: int, signals: list[str]) -> dict:
     from jobs.score import run
 
-    with tempfile.TemporaryDirectory() as tmp, PeakRSS() as mem:
-        t0 = time.perf_counter()
-        stats = run(config(model, n, tmp, threads, batch, dtype, shard))
-        wall = time.perf_counter() - t0
-    st = stats["stages"][model]
+    with tempfile.TemporaryDirectory() as tmp, Meter() as m:
+        stats = run(config(a, n, tmp, signals))
+    st = stats["stages"][a.model]
     return {"n": st["n_records"], "load_seconds": st.get("load_seconds"), "seconds": st["seconds"],
             "queries_per_s": st["queries_per_s"], "output_tokens_per_s": st["output_tokens_per_s"],
-            "wall_seconds": wall, "peak_rss_mb": mem.peak / 2**20}
+            "wall_seconds": m.wall, "cpu_seconds": m.cpu_seconds, "torch_threads": st.get("threads"),
+            "peak_rss_mb": m.peak / 2**20, "driver_peak_rss_mb": m.peak_self / 2**20}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--n", type=int, default=48, help="queries (MMLU test) for the bare-vs-pipeline comparison")
-    ap.add_argument("--scale", type=int, default=3, help="the memory run scores n x scale queries")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (and Ray CPUs) for the engine")
+    ap.add_argument("--n", type=int, default=150, help="MMLU test questions at 1x (bare vs pipeline, and memory)")
+    ap.add_argument("--scale", type=int, default=10, help="the second memory run scores n x scale questions")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (and Ray CPUs) for the engine")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--shard-size", type=int, default=16)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--data-dir", help="folder holding mmlu-test.parquet (default: the benchmark-folder rule)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     a = ap.parse_args()
-    args = (a.model, a.n, a.threads, a.batch_size, a.dtype, a.shard_size)
-    b = bare(*args)
-    p = pipeline(*args)
-    big = pipeline(a.model, a.n * a.scale, a.threads, a.batch_size, a.dtype, a.shard_size)
+    a.data_dir = data_dir(a.data_dir, a.n * a.scale)
+    from cascade.scoring import signals as S
+
+    all_signals = list(S.names())
+    b = bare(a, a.n, all_signals)
+    p = pipeline(a, a.n, all_signals)
+    m1 = pipeline(a, a.n, ANSWER_SIGNALS)
+    m10 = pipeline(a, a.n * a.scale, ANSWER_SIGNALS)
     import ray
 
     ray.shutdown()
     res = {
         "model": a.model, "dtype": a.dtype, "threads": a.threads, "batch_size": a.batch_size, "shard_size": a.shard_size,
-        "bare": b, "pipeline": p, "pipeline_big": big,
+        "data_dir": a.data_dir, "bare": b, "pipeline": p, "memory_1x": m1, f"memory_{a.scale}x": m10,
         "pipeline_vs_bare_queries": p["queries_per_s"] / b["queries_per_s"],
         "pipeline_vs_bare_tokens": p["output_tokens_per_s"] / b["output_tokens_per_s"],
-        "peak_rss_growth": big["peak_rss_mb"] / p["peak_rss_mb"],
+        "peak_rss_growth": m10["peak_rss_mb"] / m1["peak_rss_mb"],
+        "driver_peak_rss_growth": m10["driver_peak_rss_mb"] / m1["driver_peak_rss_mb"],
     }
-    print(f"model {a.model} ({a.dtype}, {a.threads} threads, batch {a.batch_size}, shard {a.shard_size})")
-    print(f"{'':10s} {'queries':>8s} {'q/s':>8s} {'out tok/s':>10s} {'load s':>7s} {'peak RSS MB':>12s}")
-    for name, r in (("bare", b), ("pipeline", p), (f"pipe x{a.scale}", big)):
-        print(f"{name:10s} {r['n']:8d} {r['queries_per_s']:8.2f} {r['output_tokens_per_s']:10.1f} "
-              f"{r['load_seconds'] or 0:7.1f} {r['peak_rss_mb']:12.0f}")
-    print(f"pipeline / bare: {res['pipeline_vs_bare_queries']:.1%} queries/s, {res['pipeline_vs_bare_tokens']:.1%} tokens/s "
-          f"(target >= 90%); pipeline wall incl. Ray start and model load: {p['wall_seconds']:.1f}s")
-    print(f"peak RSS x{a.scale} queries / x1: {res['peak_rss_growth']:.2f}")
+    print(f"model {a.model} ({a.dtype}, {a.threads} threads, batch {a.batch_size}, shard {a.shard_size}); "
+          f"bare engine: torch threads {b['torch_threads']}, BLAS {b['blas']}; pipeline actor: torch threads "
+          f"{p['torch_threads']}")
+    print(f"{'':12s} {'queries':>8s} {'q/s':>7s} {'out tok/s':>9s} {'score s':>8s} {'wall s':>7s} {'CPU s':>7s} "
+          f"{'peak RSS MB':>11s} {'driver MB':>9s}")
+    for name, r in (("bare", b), ("pipeline", p), ("memory 1x", m1), (f"memory {a.scale}x", m10)):
+        print(f"{name:12s} {r['n']:8d} {r['queries_per_s']:7.2f} {r['output_tokens_per_s']:9.1f} {r['seconds']:8.1f} "
+              f"{r['wall_seconds']:7.1f} {r['cpu_seconds']:7.1f} {r['peak_rss_mb']:11.0f} {r['driver_peak_rss_mb']:9.0f}")
+    print(f"pipeline / bare: {res['pipeline_vs_bare_queries']:.1%} queries/s, {res['pipeline_vs_bare_tokens']:.1%} "
+          f"tokens/s (target >= 90%)")
+    print(f"peak RSS at {a.scale}x / 1x questions: {res['peak_rss_growth']:.2f} (process tree), "
+          f"{res['driver_peak_rss_growth']:.2f} (driver)")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 

@@ -706,7 +706,7 @@ def _ray_llm_stage(ds, st: StageConfig, cfg: ScoreConfig, run_id: str, columns: 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")
             return ds.map_batches(_LLMRows, fn_constructor_kwargs=dict(step=step, **kw), batch_format="pandas",
-                                  batch_size=None, compute=ActorPoolStrategy(size=1), num_cpus=0.25,
+                                  batch_size=None, compute=ActorPoolStrategy(size=1), num_cpus=0.1,
                                   **_remote_args(cfg))
 
     ds = proc(rows(ds, "answer"))
@@ -756,11 +756,20 @@ def command(config: str, *, out: str | None = None, limit: int | None = None, ch
     if check_only:
         print(check(cfg))
         return 0
-    stats = run(cfg, progress=progress)
-    logged = save_stats(stats, cfg)
-    if as_json:
-        print(json.dumps(stats, indent=2))
+    if as_json:  # the JSON is all that reaches stdout: whatever else writes to it (Ray's C++ logs) goes to stderr
+        sys.stdout.flush()
+        json_fd = os.dup(1)
+        os.dup2(2, 1)
+        try:
+            stats = run(cfg, progress=progress)
+            logged = save_stats(stats, cfg)
+            sys.stdout.flush()
+            os.write(json_fd, (json.dumps(stats, indent=2) + "\n").encode())
+        finally:
+            os.close(json_fd)
     else:
+        stats = run(cfg, progress=progress)
+        logged = save_stats(stats, cfg)
         print(
             f"scored {stats['scored_records']} records ({stats['n_records']} in all, "
             f"{stats['skipped_shards']} finished shards skipped, {stats['rescored_shards']} damaged shards "

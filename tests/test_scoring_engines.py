@@ -148,3 +148,20 @@ def test_concurrent_first_use_converts_the_gguf_once(tmp_path):
     folder = Path(next(iter(paths)))
     assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".build-")]
+
+
+def test_vllm_result_is_the_one_conversion_of_a_vllm_completion():
+    """Both vLLM paths (VLLMEngine, ray.data.llm) turn a completion into a GenResult with this function."""
+    from cascade.scoring.engines import engine_options
+    from cascade.scoring.engines.vllm_engine import vllm_result
+
+    req = GenRequest([1, 2, 3], 4, [[10, 11], [12], [99]])
+    lps = [{7: -0.2, 10: -1.0, 11: -2.0, 12: -3.0}, {2: -0.05, 5: -4.0}]
+    r = vllm_result(req, [7, 2], lps, "A", stop_ids={2}, seconds=0.5)
+    assert r.token_logprobs == [-0.2, -0.05] and r.top2_logprobs == (-0.2, -1.0)
+    assert r.watch_logprobs[0] == pytest.approx(np.logaddexp(-1.0, -2.0))
+    assert r.watch_logprobs[1] == -3.0 and r.watch_logprobs[2] == -math.inf  # outside the top max_logprobs
+    assert r.stopped and r.output_tokens == 2 and r.input_tokens == 3 and r.seconds == 0.5 and r.text == "A"
+    assert not vllm_result(req, [7, 5], lps, "A", stop_ids={2}, seconds=0.0).stopped
+    assert set(engine_options("vllm")) == {"kv_cache_memory_bytes", "gpu_memory_utilization", "max_logprobs"}
+    assert engine_options("transformers") == {}

