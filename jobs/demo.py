@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cascade.evaluate import curves as evaluate
 from cascade.data import records
+from cascade.evaluate import curves as evaluate
 from cascade.evaluate import tuning as tune
-from jobs.commands.tune import cascades_of
+from cascade.evaluate.compare import cascades_of, summarize_by_length
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORE_CONFIG = ROOT / "examples" / "score-mmlu-tiny.yaml"
@@ -66,7 +66,8 @@ def _tune_all(df: pd.DataFrame, label: str, chain: list[str], methods: list[str]
 
 
 def comparison(rows: list[dict], reference: str = REFERENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per cascade: each method's AUC against the reference over their shared cost range; per length means."""
+    """Per cascade: each method's AUC against the reference over their shared cost range; per length: k=2, k>=3
+    (the mean of the per-k means, as `cascade compare` and `cascade study`) and all (the plain mean)."""
     per = []
     by = {(r["records"], r["cascade"], r["method"]): r for r in rows}
     for (label, casc, method), r in by.items():
@@ -78,14 +79,13 @@ def comparison(rows: list[dict], reference: str = REFERENCE) -> tuple[pd.DataFra
                     "auc_ref": cmp.auc_b, "pct_change": cmp.pct_change})
     per = pd.DataFrame(per)
     summ = []
+    shown = {"2": "k=2", ">=3": "k>=3", "all": "all"}  # the one per-length rule of cascade.evaluate.compare
     for (label, method), g in per.groupby(["records", "method"], sort=False):
-        for name, sel in (("k=2", g.k == 2), ("k>=3", g.k >= 3), ("all", g.k >= 2)):
-            part = g[sel]
-            if part.empty:
-                continue
-            summ.append({"records": label, "method": method, "cascades": name, "n": len(part),
-                         "mean_%_vs_" + reference: part["pct_change"].mean(),
-                         "wilcoxon_p": evaluate.wilcoxon_less(part["pct_change"])})
+        for _, row in summarize_by_length(g).iterrows():
+            if row["k"] in shown:
+                summ.append({"records": label, "method": method, "cascades": shown[row["k"]],
+                             "n": int(row["n_cascades"]), "mean_%_vs_" + reference: row["mean_pct_change"],
+                             "wilcoxon_p": row["wilcoxon_p"]})
     return per, pd.DataFrame(summ)
 
 

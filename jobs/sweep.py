@@ -63,7 +63,7 @@ def _cell_dict(c) -> dict:
 
 
 def _write_cell(out: Path, curve: pd.DataFrame, summary: dict) -> None:
-    from jobs.commands.tune import write_outputs
+    from cascade.evaluate.outputs import write_outputs
 
     write_outputs(out, curve, summary)
 

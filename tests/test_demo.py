@@ -51,3 +51,19 @@ def test_demo_smoke(tmp_path, capsys, monkeypatch):
     kinds = [r.data.tags.get("cascade.kind") for r in runs]
     # parent, scoring, 5 methods on the tiny pair, 4 methods on the one example cascade
     assert kinds.count("parent") == 1 and kinds.count("score") == 1 and kinds.count("tune") == 9
+
+
+def test_comparison_k_ge_3_is_the_mean_of_per_length_means():
+    """The demo's k>=3 row uses the shared rule (cascade.evaluate.compare): every length weighs the same."""
+    ref = [0.5, 0.4, 0.3, 0.2, 0.1]
+    rows = []
+    for casc, pct in (("a -> b", -10.0), ("a -> b -> c", -20.0), ("a -> c -> d", -20.0), ("b -> c -> d", -20.0),
+                      ("a -> b -> c -> d", 0.0)):
+        rows += [_row("r", casc, "bayes-opt", ref),
+                 _row("r", casc, "grid", [v * (1 + pct / 100) for v in ref])]
+    per, summ = demo.comparison(rows, reference="bayes-opt")
+    got = summ.set_index("cascades")["mean_%_vs_bayes-opt"]
+    assert got["k>=3"] == pytest.approx((-20.0 + 0.0) / 2, abs=1e-6)  # not the plain mean -15
+    assert got["all"] == pytest.approx(-70.0 / 5, abs=1e-6)
+    assert got["k=2"] == pytest.approx(-10.0, abs=1e-6)
+    assert summ.set_index("cascades")["n"]["k>=3"] == 4

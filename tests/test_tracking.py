@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 pytest.importorskip("mlflow")
 
@@ -226,3 +227,173 @@ def test_bayes_opt_study_is_linked(uri, tmp_path, records_df):
     run = _client(uri).get_run(tracking.log_tune(res))
     assert run.data.tags["optuna.storage"] == storage
     assert run.data.tags["optuna.study_name"] == "study-x"
+
+
+# ------------------------------------------------------------------------------------------------
+# Failures, idempotent `cascade log`, degenerate/transform, secrets, layout
+# ------------------------------------------------------------------------------------------------
+
+def test_store_failure_mid_run_is_one_line_and_leaves_no_run_open(uri, tmp_path, records_df, capsys):
+    """The store answers, but writing a run's artifacts fails half-way (the experiment's artifact folder is a
+    file): one-line TrackingUnavailable, the run ends FAILED, no run stays active, `cascade tune --track` exits
+    3 with the `cascade log` command, and `cascade log` logs the kept outputs once the store is fixed."""
+    res = tune.run_tuning(records_df, models=PAIR, method="grid", benchmark="medmcqa")
+    tracking.configure(uri, "medmcqa")
+    art = tmp_path / "mlartifacts" / "medmcqa"
+    assert not art.exists()
+    art.parent.mkdir(parents=True)
+    art.write_text("not a folder")
+    with pytest.raises(tracking.TrackingUnavailable) as e:
+        tracking.log_tune(res)
+    assert "\n" not in str(e.value) and "logging the tuning run grid" in str(e.value)
+    assert mlflow.active_run() is None
+    client = _client(uri)
+    exp = client.get_experiment_by_name("medmcqa")
+    assert [r.info.status for r in client.search_runs([exp.experiment_id])] == ["FAILED"]
+
+    out = tmp_path / "tuned"
+    capsys.readouterr()
+    rc = cli.main(["tune", "--results", str(DEV), "--models", ",".join(PAIR), "--method", "grid", "--out", str(out),
+                   "--track", "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 3 and "Traceback" not in err and f"cascade log {out}" in err
+    assert mlflow.active_run() is None
+    art.unlink()  # the store is fixed
+    assert cli.main(["log", str(out), "--results", str(DEV), "--tracking-uri", uri]) == 0
+    finished = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    assert sorted(r.data.tags["cascade.kind"] for r in finished) == ["parent", "tune"]
+
+
+def test_cascade_log_is_idempotent(uri, tmp_path, capsys):
+    out = tmp_path / "tuned"
+    chain = ["llama3.2-1b", "llama3.2-3b", "llama3.1-70b"]
+    assert cli.main(["tune", "--results", str(DEV), "--models", ",".join(chain), "--all-cascades", "--method",
+                     "grid", "--out", str(out)]) == 0
+    assert cli.main(["log", str(out), "--results", str(DEV), "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    assert cli.main(["log", str(out), "--results", str(DEV), "--tracking-uri", uri]) == 0
+    assert "already logged" in capsys.readouterr().out
+    client = _client(uri)
+    exp = client.get_experiment_by_name("medmcqa")
+    kinds = sorted(r.data.tags["cascade.kind"] for r in client.search_runs([exp.experiment_id]))
+    assert kinds == ["parent"] + ["tune"] * 4  # one run per cascade, once
+    fps = {r.data.tags[tracking.OUTPUT_FINGERPRINT_TAG] for r in client.search_runs([exp.experiment_id])
+           if r.data.tags["cascade.kind"] == "tune"}
+    assert len(fps) == 4
+    # a changed output is new: that folder alone is logged again
+    one = sorted(p for p in out.iterdir() if p.is_dir())[0]
+    s = json.loads((one / "summary.json").read_text())
+    s["note"] = "edited"
+    (one / "summary.json").write_text(json.dumps(s))
+    capsys.readouterr()
+    assert cli.main(["log", str(out), "--tracking-uri", uri]) == 0
+    printed = capsys.readouterr().out
+    assert "logged 1 run(s)" in printed and "3 already logged before" in printed
+    assert len(client.search_runs([exp.experiment_id], filter_string="tags.`cascade.kind` = 'tune'")) == 5
+    # outputs logged by `cascade tune --track` are recognised too
+    out2 = tmp_path / "tracked"
+    assert cli.main(["tune", "--results", str(DEV), "--models", ",".join(PAIR), "--method", "grid", "--out",
+                     str(out2), "--track", "--tracking-uri", uri, "--experiment", "t2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["log", str(out2), "--tracking-uri", uri, "--experiment", "t2"]) == 0
+    assert "already logged" in capsys.readouterr().out
+
+
+def test_scoring_log_is_idempotent(uri, tmp_path, capsys):
+    out = tmp_path / "scored"
+    out.mkdir()
+    shutil.copy(DEV, out / "records.parquet")
+    (out / "score_stats.json").write_text(json.dumps({"out_dir": str(out), "run_id": "r1", "n_records": 10,
+                                                      "config": {"stages": []}}))
+    assert cli.main(["log", str(out), "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    assert cli.main(["log", str(out), "--tracking-uri", uri]) == 0
+    assert "already logged" in capsys.readouterr().out
+    client = _client(uri)
+    exp = client.get_experiment_by_name("scoring")
+    assert len(client.search_runs([exp.experiment_id])) == 1
+
+
+def test_transform_and_degenerate_logged(uri, records_df):
+    res = tune.run_tuning(records_df, models=PAIR, method="grid", benchmark="medmcqa")
+    tracking.configure(uri, "exp-deg")
+    client = _client(uri)
+    # the tuning step's own keys
+    s = dict(res.summary, transform="two-sided", transform_reason="P(True) log-probs (conf_ptrue)",
+             degenerate=["2 training queries", "all training answers correct"])
+    run = client.get_run(tracking.log_tune(res.curve, s))
+    assert run.data.params["transform"] == "two-sided"
+    assert run.data.tags["cascade.transform"] == "two-sided"
+    assert run.data.tags["cascade.transform_reason"].startswith("P(True)")
+    assert run.data.tags["cascade.degenerate"] == "true" and run.data.metrics["degenerate"] == 1.0
+    assert run.data.tags["cascade.degenerate_reason"] == "2 training queries; all training answers correct"
+    # fine
+    run = client.get_run(tracking.log_tune(res.curve, dict(res.summary, degenerate=[])))
+    assert run.data.tags["cascade.degenerate"] == "false" and run.data.metrics["degenerate"] == 0.0
+    # an older summary without the keys: judged from the curve (a single test cost)
+    old = {k: v for k, v in res.summary.items() if k not in ("transform", "transform_reason", "degenerate")}
+    flat = res.curve.assign(test_cost=float(res.curve["test_cost"].iloc[0]))
+    run = client.get_run(tracking.log_tune(flat, old))
+    assert run.data.metrics["degenerate"] == 1.0 and "single point" in run.data.tags["cascade.degenerate_reason"]
+    assert "transform" not in run.data.params
+    run = client.get_run(tracking.log_tune(res.curve, old))
+    assert run.data.metrics["degenerate"] == 0.0
+
+
+def test_redact_secrets():
+    cfg = {"engine_options": {"api_key": "sk-123", "HF_TOKEN": "hf_abc", "max_tokens": 16, "tokenizer": "t/x"},
+           "auth": {"user": "u", "password": "pw"}, "clientSecret": "s", "cell_key": "abc", "secrets": ["a", "b"],
+           "storage": "postgresql://user:pa55@db:5432/optuna", "input_tokens": 120, "api_key_count": 3}
+    red = tracking.redact_secrets(cfg)
+    assert red["engine_options"] == {"api_key": "***", "HF_TOKEN": "***", "max_tokens": 16, "tokenizer": "t/x"}
+    assert red["auth"] == {"user": "***", "password": "***"} and red["clientSecret"] == "***"
+    assert red["secrets"] == ["***", "***"] and red["cell_key"] == "abc" and red["input_tokens"] == 120
+    assert red["storage"] == "postgresql://user:***@db:5432/optuna" and red["api_key_count"] == 3
+    assert cfg["engine_options"]["api_key"] == "sk-123"  # the input is not changed
+
+
+def test_secrets_never_reach_the_store(uri, tmp_path, records_df):
+    secrets = ["sk-live-123", "hf_SeCrEt", "pa55word", "db-pa55"]
+    out = tmp_path / "scored"
+    out.mkdir()
+    shutil.copy(DEV, out / "records.parquet")
+    config = {"benchmarks": [{"name": "medmcqa"}], "signals": ["mean_logprob"],
+              "stages": [{"name": "a", "model": "m", "engine": "vllm", "api_key": secrets[0],
+                          "engine_options": {"hf_token": secrets[1], "max_tokens": 8}}],
+              "tracking": {"password": secrets[2]}}
+    cfg_file = tmp_path / "score.yaml"
+    cfg_file.write_text(yaml.safe_dump(config))
+    stats = {"out_dir": str(out), "run_id": "r1", "n_records": 10, "config": config}
+    tracking.configure(uri, "scoring")
+    tracking.log_scoring(stats, out, config, config_path=cfg_file,
+                         tags={"note": f"postgresql://u:{secrets[3]}@h/db"})
+    res = tune.run_tuning(records_df, models=PAIR, method="grid", benchmark="medmcqa")
+    tracking.log_tune(res, params={"storage": f"postgresql://u:{secrets[3]}@h/db", "api_token": secrets[0]})
+    # nothing in the database, nothing in any artifact
+    db = Path(uri[len("sqlite:///"):])
+    blob = db.read_bytes()
+    for art in (tmp_path / "mlartifacts").rglob("*"):
+        if art.is_file():
+            blob += art.read_bytes()
+    for s in secrets:
+        assert s.encode() not in blob, s
+    assert b"***" in blob
+    assert cfg_file.read_text().count(secrets[0]) == 1  # the user's file is untouched
+
+
+def test_layout_only_tracking_calls_mlflow():
+    """No `import mlflow` outside tracking/; tracking/ imports no Ray; cascade/ imports neither jobs nor tracking."""
+    import re
+
+    bad = []
+    for folder in ("cascade", "jobs", "bench", "tracking"):
+        for f in (ROOT / folder).rglob("*.py"):
+            text = f.read_text()
+            rel = f.relative_to(ROOT).as_posix()
+            if folder != "tracking" and re.search(r"^\s*(import mlflow|from mlflow)", text, re.M):
+                bad.append(f"{rel}: imports mlflow")
+            if folder == "tracking" and re.search(r"^\s*(import ray|from ray)", text, re.M):
+                bad.append(f"{rel}: imports ray")
+            if folder == "cascade" and re.search(r"^\s*(import|from) (jobs|tracking)\b", text, re.M):
+                bad.append(f"{rel}: imports jobs/tracking")
+    assert not bad, bad

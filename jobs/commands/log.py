@@ -84,7 +84,9 @@ def run_log(args) -> int:
         print(f"logged scoring run {run_id} to experiment {experiment!r} at {uri}")
         return 0
 
-    summaries = [d / "summary.json"] if (d / "summary.json").exists() else sorted(d.rglob("summary.json"))
+    summaries = [d / "summary.json"] if (d / "summary.json").exists() else sorted(
+        s for s in d.rglob("summary.json")  # hidden folders: a writer's temp folder, a replaced output
+        if not any(part.startswith(".") for part in s.relative_to(d).parts))
     if not summaries:
         raise ValueError(f"{d}: neither summary.json (cascade tune) nor score_stats.json (cascade score) found")
     outputs = _read_outputs(d, summaries)
