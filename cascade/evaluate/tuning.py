@@ -152,7 +152,7 @@ def prepare_full(
     test = cascade_data(records, models, test_split, signal=signal, benchmark=benchmark)
     if train.n < 2:
         raise ValueError(f"the training split {train_split!r} has {train.n} query for {' -> '.join(models)}; "
-                         "tuning needs at least 2 (more than 10 for a reliable fit)")
+                         f"tuning needs at least 2 (at least {MIN_TRAIN} for a reliable fit)")
     choice = choose_transform(records, models=models, signal=signal, splits=(train_split, test_split),
                               benchmark=benchmark, transform=transform, calibration=calibration)
     tname = "one-sided" if choice.name == "none" else choice.name
