@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import unicodedata
 import urllib.parse
 import uuid
