@@ -242,13 +242,23 @@ class AbstentionTuner(Tuner):
                                     method="L-BFGS-B", bounds=list(map(tuple, bounds)))
         return np.concatenate([res.x, rest])
 
+    def abstention_pays(self, lam: float, z: np.ndarray, h: float = 1e-6) -> bool:
+        """Whether raising some abstention threshold from ``z`` lowers loss + lam * E[cost]."""
+        n = self.k_ - 1
+        steps = [z] + [z + h * np.eye(len(z))[i] for i in range(n, len(z)) if z[i] + h <= self.bounds_[i, 1]]
+        p = self.predict_u(np.array(steps))
+        f = p["loss"] + lam * p["cost"]
+        return bool(np.any(f[1:] < f[0] - 1e-12))
+
     def solve(self, lam: float) -> np.ndarray:
         """Minimise loss + lam * E[cost]: first the deferral thresholds alone from the box midpoint
-        without abstention (the plain cascade), then, where stages may abstain, all thresholds from
-        there. The second stage only descends, so the predicted loss is never above the plain one, and
-        where no abstention pays (a large abstain_cost) it stays at the plain solution."""
+        without abstention (the plain cascade); then, where stages may abstain and abstaining pays at
+        the margin, all thresholds from there. Otherwise the plain solution is already optimal for the
+        abstention thresholds (at their "never" bound, the loss rises in each), so a large abstain_cost
+        gives exactly the plain cascade; and the second stage only descends, so the predicted loss is
+        never above the plain one."""
         z = self._minimize(lam, self.start_, self.k_ - 1)
-        if self.free_.any():
+        if self.free_.any() and self.abstention_pays(lam, z):
             z = self._minimize(lam, z, len(self.start_))
         return z
 
