@@ -250,14 +250,15 @@ class AbstentionTuner(Tuner):
         f = p["loss"] + lam * p["cost"]
         return bool(np.any(f[1:] < f[0] - 1e-12))
 
-    def solve(self, lam: float) -> np.ndarray:
+    def solve(self, lam: float, plain: np.ndarray | None = None) -> np.ndarray:
         """Minimise loss + lam * E[cost]: first the deferral thresholds alone from the box midpoint
         without abstention (the plain cascade); then, where stages may abstain and abstaining pays at
         the margin, all thresholds from there. Otherwise the plain solution is already optimal for the
         abstention thresholds (at their "never" bound, the loss rises in each), so a large abstain_cost
         gives exactly the plain cascade; and the second stage only descends, so the predicted loss is
-        never above the plain one."""
-        z = self._minimize(lam, self.start_, self.k_ - 1)
+        never above the plain one. ``plain``: the first stage's solution for this lambda, if known (it
+        does not depend on abstain_cost)."""
+        z = self._minimize(lam, self.start_, self.k_ - 1) if plain is None else np.asarray(plain, float).copy()
         if self.free_.any() and self.abstention_pays(lam, z):
             z = self._minimize(lam, z, len(self.start_))
         return z
@@ -280,7 +281,10 @@ class AbstentionTuner(Tuner):
             as_.append(a)
         return ts, as_
 
-    def fit(self, train: CascadeData) -> "AbstentionTuner":
+    def setup(self, train: CascadeData) -> "AbstentionTuner":
+        """Fit the model and set up the optimisation (bounds, start) without tuning; :meth:`fit` does this
+        and then runs the lambda path. After ``setup``, :meth:`solve` tunes one lambda; the abstain_cost
+        may be changed between calls (not between finite and infinite)."""
         if self.stages not in STAGES:
             raise ValueError(f"unknown stages {self.stages!r}; use all, last or none")
         if not self.abstain_cost >= 0:
@@ -294,7 +298,6 @@ class AbstentionTuner(Tuner):
         self.joint_ = joint_from_markov_copula(self.model_, self.n_cells)
         self.costs_ = train.cost.mean(axis=0)
         self.free_ = self._free_lower()
-        fit_s = time.perf_counter() - t0
         box = threshold_bounds(conf, self.eps)
         lo_u, _ = self.joint_.to_u(upper=np.array([[a for a, _ in box]]))
         hi_u, _ = self.joint_.to_u(upper=np.array([[b for _, b in box]]))
@@ -303,6 +306,14 @@ class AbstentionTuner(Tuner):
         self.bounds_ = np.array([[lo_u[0, j], max(lo_u[0, j], hi_u[0, j])] for j in range(self.k_ - 1)]
                                 + [[0.0, 1.0]] * n_free)
         self.start_ = np.concatenate([mid_u[0], np.zeros(n_free)])
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def fit(self, train: CascadeData) -> "AbstentionTuner":
+        t0 = time.perf_counter()
+        self.setup(train)
+        conf = train.confidence
+        fit_s = self.fit_seconds_
         if self.stop_reference == "cascade":
             ref = self.costs_[0]
         elif self.stop_reference == "chain":
