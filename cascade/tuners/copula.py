@@ -39,7 +39,7 @@ import pyvinecopulib as pv
 from scipy import optimize, stats
 
 from cascade.tuners.base import register, threshold_bounds
-from cascade.tuners.joint import MarkovJoint
+from cascade.tuners.joint import DVineJoint, MarkovJoint
 from cascade.tuners.markov_copula import EndpointBetaMixture, MarkovCopulaTuner, fill_gaps
 
 #: Pair-copula families by name (pyvinecopulib); rotations are tried for every asymmetric family.
@@ -53,6 +53,7 @@ DEFAULT_FAMILIES = tuple(FAMILIES)
 CRITERIA = ("aic", "bic")
 MARGINS = ("beta", "ecdf")
 TIES = ("auto", "discrete", "jitter")
+STRUCTURES = ("auto", "markov", "dvine")
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ class CopulaModel:
 
     def __init__(self, margin: str = "beta", families=DEFAULT_FAMILIES, criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
-                 correctness: str = "auto"):
+                 correctness: str = "auto", structure: str = "markov"):
         self.margin = margin
         self.families = tuple(families)
         self.criterion = criterion
@@ -302,6 +303,7 @@ class CopulaModel:
         self.n_cells = n_cells
         self.seed = seed
         self.correctness = correctness
+        self.structure = structure
 
     def _discrete(self, x) -> bool:
         share = _tie_share(x)
@@ -345,7 +347,27 @@ class CopulaModel:
                     g = ConditionalCorrectness(info["coef"])
                     info["chosen"] = "conditional"
                 self.correctness_[j], self.correctness_info_[j] = g, info
-        self.joint_ = MarkovJoint(self.marginals_, self.copulas_, n_cells=self.n_cells, correctness=self.correctness_)
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"unknown structure {self.structure!r}; use one of {', '.join(STRUCTURES)}")
+        self.copulas2_, self.candidates2_ = [], []
+        if self.structure != "markov" and self.k_ >= 3:
+            # the D-vine's second tree: pairs (j-1, j+1 | j) on the conditional pseudo-observations, with
+            # ties broken at random (the continuous copula of the distributional transforms)
+            cont = [p[0] if p[1] is None else p[1] + rng.random(n) * (p[0] - p[1]) for p in po]
+            cops = [self.copulas_[j].with_var_types(["c", "c"]) if any(t != "c" for t in self.copulas_[j].var_types)
+                    else self.copulas_[j] for j in range(self.k_ - 1)]
+            for j in range(1, self.k_ - 1):
+                a = np.clip(cops[j - 1].hfunc2(np.column_stack([cont[j - 1], cont[j]])), 1e-10, 1 - 1e-10)
+                b = np.clip(cops[j].hfunc1(np.column_stack([cont[j], cont[j + 1]])), 1e-10, 1 - 1e-10)
+                cop2, rows = select_pair(a, b, families=self.families, criterion=self.criterion)
+                self.copulas2_.append(None if cop2.family == pv.BicopFamily.indep else cop2)
+                self.candidates2_.append(rows)
+        self.dvine_ = any(c is not None for c in self.copulas2_) or (self.structure == "dvine" and self.k_ >= 3)
+        if self.dvine_:
+            self.joint_ = DVineJoint(self.marginals_, self.copulas_, self.copulas2_, n_cells=max(self.n_cells // 2, 16),
+                                     correctness=self.correctness_)
+        else:
+            self.joint_ = MarkovJoint(self.marginals_, self.copulas_, n_cells=self.n_cells, correctness=self.correctness_)
         self.bounds_ = [(mg.m_, mg.M_) for mg in self.marginals_]
         return self
 
@@ -376,7 +398,14 @@ class CopulaModel:
                           "kendall_tau": float(cop.tau), "criterion": self.criterion,
                           "var_types": ["d" if self.discrete_[j - 1] else "c", "d" if self.discrete_[j] else "c"],
                           "candidates": rows})
+        tree2 = []
+        for j, (cop, rows) in enumerate(zip(self.copulas2_, self.candidates2_), start=1):
+            chosen = next((r for r in rows if r.get("chosen")), {})
+            tree2.append({"pair": [j - 1, j + 1], "given": j, "family": chosen.get("family", "indep"),
+                          "rotation": int(cop.rotation) if cop is not None else 0,
+                          "kendall_tau": float(cop.tau) if cop is not None else 0.0, "candidates": rows})
         return {"marginals": [mg.describe() for mg in self.marginals_], "pairs": pairs,
+                "structure": "dvine" if self.dvine_ else "markov", "tree2": tree2,
                 "correctness": self.correctness_info_}
 
 
@@ -396,7 +425,7 @@ class CopulaTuner(MarkovCopulaTuner):
                  reference_cost: float | None = None, max_gap: float = 0.1, eps: float = 1e-3,
                  start: str = "midpoint", margin: str = "beta", families=DEFAULT_FAMILIES, criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
-                 correctness: str = "auto"):
+                 correctness: str = "auto", structure: str = "markov"):
         super().__init__(lambdas=lambdas, growth=growth, max_steps=max_steps, lambda_max=lambda_max,
                          stop_multiplier=stop_multiplier, stop_reference=stop_reference,
                          reference_cost=reference_cost, max_gap=max_gap, eps=eps, start=start,
@@ -410,10 +439,11 @@ class CopulaTuner(MarkovCopulaTuner):
         self.n_cells = n_cells
         self.seed = seed
         self.correctness = correctness
+        self.structure = structure
 
     def make_model(self) -> CopulaModel:
         return CopulaModel(self.margin, self.families, self.criterion, self.ties, self.tie_share, self.n_cells,
-                           self.seed, self.correctness)
+                           self.seed, self.correctness, self.structure)
 
     def fit(self, train):
         t0 = time.perf_counter()

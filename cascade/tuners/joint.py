@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MarkovJoint", "empirical", "default_edges"]
+__all__ = ["MarkovJoint", "DVineJoint", "empirical", "default_edges"]
 
 
 def default_edges(n_cells: int, extra=()) -> np.ndarray:
@@ -138,6 +138,7 @@ class MarkovJoint:
         # midpoints (x_a of the previous model), folded into the kernel that leads to stage j
         self.correctness = list(correctness) if correctness is not None else [None] * self.k
         self.weighted_kernels = [None] * self.k
+        self.rho = [None] * self.k
         for j in range(1, self.k):
             g = self.correctness[j]
             if g is None:
@@ -146,6 +147,7 @@ class MarkovJoint:
             xb = np.asarray(self.margins[j].ppf((self.edges[j][:-1] + self.edges[j][1:]) / 2), float)
             G = np.asarray(g(xa[:, None] * np.ones((1, len(xb))), np.ones((len(xa), 1)) * xb[None, :]), float)
             rho = np.clip(G, 0.0, 1.0) / np.maximum(xb[None, :], 1e-12)
+            self.rho[j] = rho
             self.weighted_kernels[j] = self.kernels[j - 1] * rho
 
     # -- thresholds ---------------------------------------------------------------------------
@@ -194,37 +196,46 @@ class MarkovJoint:
         return np.interp(s, self._iq_grid[j], self._iq[j])
 
     # -- the forward recursion ----------------------------------------------------------------
+    def _stage(self, j, mass, wmass, hi, lo, out):
+        """Fill stage j's outputs from ``mass`` (B, N_j) = P(reach j, V_j in cell) and ``wmass`` (the same
+        weighted by rho_j, or None); return the covered fraction of each cell by the deferral box."""
+        g, w = self.edges[j], self.widths[j]
+        n_j = len(w)
+        rows = np.arange(mass.shape[0])
+        dens = mass / w[None, :]
+        wdens = dens if wmass is None else wmass / w[None, :]
+        iqe = self._iq_edges[j]
+        out["reach"][:, j] = mass.sum(axis=1)
+        # each threshold cuts one cell: whole cells below it (cumulative sums) plus the cut part
+        cm = np.cumsum(mass, axis=1)
+        cw = np.cumsum(wdens * np.diff(iqe)[None, :], axis=1)
+        below = {}
+        for name, s_ in (("hi", hi[:, j]), ("lo", lo[:, j])):
+            c = np.clip(np.searchsorted(g, s_, side="right") - 1, 0, n_j - 1)  # the cell holding s_
+            s_ = np.clip(s_, g[c], g[c + 1])
+            below[name] = (cm[rows, c] - dens[rows, c] * (g[c + 1] - s_),  # mass below s_
+                           cw[rows, c] - wdens[rows, c] * (iqe[c + 1] - self._iq_at(j, s_)))
+        out["answer"][:, j] = cm[:, -1] - below["hi"][0]
+        out["answer_correct"][:, j] = cw[:, -1] - below["hi"][1]
+        out["abstain"][:, j] = below["lo"][0]
+        out["abstain_correct"][:, j] = below["lo"][1]
+        return (np.clip(hi[:, j:j + 1], g[None, :-1], g[None, 1:])
+                - np.clip(lo[:, j:j + 1], g[None, :-1], g[None, 1:])) / w[None, :]
+
+    @staticmethod
+    def _empty(B, k):
+        return {name: np.zeros((B, k)) for name in ("reach", "answer", "answer_correct", "abstain", "abstain_correct")}
+
     def evaluate(self, upper, lower=None, space: str = "x") -> dict:
         hi, lo = self._prepare(upper, lower, space)
         B, k = hi.shape
-        out = {name: np.zeros((B, k)) for name in ("reach", "answer", "answer_correct", "abstain", "abstain_correct")}
+        out = self._empty(B, k)
         mass = np.broadcast_to(self.widths[0], (B, len(self.widths[0])))  # P(reach 1, V_1 in cell a)
         wmass = None  # with a correctness function: E[rho; reach j, V_j in cell a]
-        rows = np.arange(B)
         for j in range(k):
-            g, w = self.edges[j], self.widths[j]
-            n_j = len(w)
-            dens = mass / w[None, :]
-            wdens = dens if wmass is None else wmass / w[None, :]
-            iqe = self._iq_edges[j]
-            out["reach"][:, j] = mass.sum(axis=1)
-            # each threshold cuts one cell: whole cells above it (cumulative sums) plus the cut part
-            cm = np.cumsum(mass, axis=1)
-            cw = np.cumsum(wdens * np.diff(iqe)[None, :], axis=1)
-            parts = {}
-            for name, s_ in (("hi", hi[:, j]), ("lo", lo[:, j])):
-                c = np.clip(np.searchsorted(g, s_, side="right") - 1, 0, n_j - 1)  # cell holding s_
-                s_ = np.clip(s_, g[c], g[c + 1])
-                below_m = cm[rows, c] - dens[rows, c] * (g[c + 1] - s_)  # mass below s_
-                below_w = cw[rows, c] - wdens[rows, c] * (iqe[c + 1] - self._iq_at(j, s_))
-                parts[name] = (below_m, below_w)
-            out["answer"][:, j] = cm[:, -1] - parts["hi"][0]
-            out["answer_correct"][:, j] = cw[:, -1] - parts["hi"][1]
-            out["abstain"][:, j] = parts["lo"][0]
-            out["abstain_correct"][:, j] = parts["lo"][1]
+            frac = self._stage(j, mass, wmass, hi, lo, out)
             if j < k - 1:
-                deferred = dens * (np.clip(hi[:, j:j + 1], g[None, :-1], g[None, 1:])
-                                   - np.clip(lo[:, j:j + 1], g[None, :-1], g[None, 1:]))
+                deferred = mass * frac
                 mass = deferred @ self.kernels[j]
                 wk = self.weighted_kernels[j + 1]
                 wmass = None if wk is None else deferred @ wk
@@ -248,6 +259,87 @@ class MarkovJoint:
         for j, cop in enumerate(self.copulas):
             W = rng.random(n)
             V[:, j + 1] = np.clip(cop.hinv1(np.column_stack([V[:, j], W])), 0.0, 1.0)
+        return np.column_stack([np.asarray(self.margins[j].ppf(V[:, j]), float) for j in range(self.k)])
+
+
+class DVineJoint(MarkovJoint):
+    """A D-vine along the cascade order truncated after its second tree: V_{j+1} depends on (V_{j-1}, V_j)
+    (a second-order Markov chain). ``copulas`` are the first tree's pair copulas (V_j, V_{j+1});
+    ``copulas2`` (k-2 entries) the second tree's, between the conditional pseudo-observations
+    U_{j-1|j} = P(V_{j-1} <= v_{j-1} | V_j) and U_{j+1|j} = P(V_{j+1} <= v_{j+1} | V_j) (None =
+    independence: that step is Markov). The state at stage j is the (B, N_{j-1}, N_j) array of masses
+    P(reach j, V_{j-1} in cell a, V_j in cell b); a step contracts it with
+    T_j[a, b, c] = P(V_{j+1} in cell c | V_{j-1} in cell a, V_j in cell b), computed from the h-functions
+    at ``n_nodes2`` x ``n_nodes2`` Gauss-Legendre nodes per cell pair weighted by the first tree's copula
+    density. Same API as :class:`MarkovJoint`; a coarser default grid (the state is quadratic)."""
+
+    def __init__(self, margins, copulas, copulas2, n_cells: int = 48, n_nodes: int = 4, n_nodes2: int = 2,
+                 n_sub: int = 16, correctness=None):
+        super().__init__(margins, copulas, n_cells=n_cells, n_nodes=n_nodes, n_sub=n_sub, correctness=correctness)
+        if len(copulas2) != max(self.k - 2, 0):
+            raise ValueError(f"need {max(self.k - 2, 0)} second-tree copulas for {self.k} margins, got {len(copulas2)}")
+        self.copulas2 = [None if c is None else _continuous(c) for c in copulas2]
+        x, w = np.polynomial.legendre.leggauss(n_nodes2)
+        x, w = (x + 1) / 2, w / 2
+        self.tensors = [None] * self.k  # tensors[j]: the step from stage j to j + 1 (j >= 1)
+        for j in range(1, self.k - 1):
+            cop2 = self.copulas2[j - 1]
+            if cop2 is None:
+                continue
+            ga, gb, gc = self.edges[j - 1], self.edges[j], self.edges[j + 1]
+            na, nb, nc = len(ga) - 1, len(gb) - 1, len(gc) - 1
+            xa = (ga[:-1, None] + np.diff(ga)[:, None] * x[None, :]).ravel()  # (na * m,)
+            yb = (gb[:-1, None] + np.diff(gb)[:, None] * x[None, :]).ravel()  # (nb * m,)
+            XA, YB = np.meshgrid(xa, yb, indexing="ij")
+            pair = np.column_stack([XA.ravel(), YB.ravel()])
+            dens = np.asarray(self.copulas[j - 1].pdf(np.clip(pair, 1e-10, 1 - 1e-10)), float)
+            cond_prev = np.asarray(self.copulas[j - 1].hfunc2(pair), float)  # U_{j-1|j}
+            Y = np.repeat(yb, len(gc))
+            E = np.tile(gc, len(yb))
+            cond_next = np.asarray(self.copulas[j].hfunc1(np.column_stack([Y, E])), float).reshape(len(yb), len(gc))
+            A = np.repeat(cond_prev, len(gc))  # (na*m * nb*m * (nc+1),)
+            Bv = np.tile(cond_next, (len(xa), 1)).ravel()
+            F = np.asarray(cop2.hfunc1(np.column_stack([A, Bv])), float).reshape(len(xa), len(yb), len(gc))
+            F[..., 0], F[..., -1] = 0.0, 1.0
+            F = np.maximum.accumulate(np.clip(F, 0.0, 1.0), axis=2)
+            dF = np.diff(F, axis=2).reshape(na, len(x), nb, len(x), nc)
+            wt = (w[:, None] * w[None, :])[None, :, None, :] * dens.reshape(na, len(x), nb, len(x))
+            wt = np.where(np.isfinite(wt), wt, 0.0)
+            wt = wt / np.maximum(wt.sum(axis=(1, 3), keepdims=True), 1e-300)
+            T = np.einsum("apbq,apbqc->abc", wt, dF)
+            self.tensors[j] = T / np.maximum(T.sum(axis=2, keepdims=True), 1e-300)
+
+    def evaluate(self, upper, lower=None, space: str = "x") -> dict:
+        hi, lo = self._prepare(upper, lower, space)
+        B, k = hi.shape
+        out = self._empty(B, k)
+        mass = np.broadcast_to(self.widths[0], (B, len(self.widths[0])))
+        frac = self._stage(0, mass, None, hi, lo, out)
+        S = (mass * frac)[:, :, None] * self.kernels[0][None]  # (B, N_1, N_2): reach 2, V_1 cell, V_2 cell
+        for j in range(1, k):
+            mass = S.sum(axis=1)
+            wmass = None if self.rho[j] is None else np.einsum("xab,ab->xb", S, self.rho[j])
+            frac = self._stage(j, mass, wmass, hi, lo, out)
+            if j < k - 1:
+                S2 = S * frac[:, None, :]
+                if self.tensors[j] is None:
+                    S = S2.sum(axis=1)[:, :, None] * self.kernels[j][None]
+                else:  # S'[x, b, c] = sum_a S2[x, a, b] T[a, b, c], one matrix product per cell b
+                    S = np.matmul(S2.transpose(2, 0, 1), self.tensors[j].transpose(1, 0, 2)).transpose(1, 0, 2)
+        return out
+
+    def sample(self, n: int, rng=None) -> np.ndarray:
+        """n draws: V_1 uniform; V_2 from the first pair; V_{j+1} by inverting the second tree, then the first."""
+        rng = np.random.default_rng(rng)
+        V = np.empty((n, self.k))
+        V[:, 0] = rng.random(n)
+        for j in range(self.k - 1):
+            W = rng.random(n)
+            cop2 = self.copulas2[j - 1] if j >= 1 else None
+            if cop2 is not None:
+                a = self.copulas[j - 1].hfunc2(np.column_stack([V[:, j - 1], V[:, j]]))
+                W = np.clip(cop2.hinv1(np.column_stack([a, W])), 0.0, 1.0)
+            V[:, j + 1] = np.clip(self.copulas[j].hinv1(np.column_stack([V[:, j], W])), 0.0, 1.0)
         return np.column_stack([np.asarray(self.margins[j].ppf(V[:, j]), float) for j in range(self.k)])
 
 
