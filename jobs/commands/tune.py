@@ -11,24 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-_MOVED = {  # old names kept importable from here until every caller uses the library module
-    "write_outputs": ("cascade.evaluate.outputs", "write_outputs"),
-    "parse_params": ("cascade.evaluate.outputs", "parse_params"),
-    "_parse_value": ("cascade.evaluate.outputs", "parse_value"),
-    "cascades_of": ("cascade.evaluate.compare", "cascades_of"),
-    "compare_table": ("cascade.evaluate.compare", "compare_table"),
-}
-
-
-def __getattr__(name):
-    if name in _MOVED:
-        import importlib
-
-        mod, attr = _MOVED[name]
-        return getattr(importlib.import_module(mod), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 TRANSFORM_HELP = ("calibration transform of the signal: auto (the signal registry for conf_* columns, else the "
                   "values: all <= 0 -> one-sided answer log-probs, in [0, 1] -> identity; prints its choice), "
                   "one-sided (answer log-probs), two-sided (P(True) log-probs), identity (margins, scores)")
