@@ -505,7 +505,13 @@ def test_auto_transform_registry_first_then_values():
         auto_transform("confidence", np.r_[-np.linspace(0.1, 3, 99), 0.5])
 
 
-@pytest.mark.parametrize("method", ["markov-copula", "grid", "bayes-opt", "random", "margin", "scorer", "router"])
+def _methods():
+    from cascade.tuners import METHODS
+
+    return sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", _methods())
 def test_every_tuner_declares_and_checks_its_parameters(method):
     import inspect
 
