@@ -264,3 +264,31 @@ def test_log_bad_folder_exits_2_and_logs_nothing(kind, fragment, world, tmp_path
     assert rc == 2, err[-3000:]
     _one_line(err, "cascade log", fragment)
     assert not db.exists(), "a refused `cascade log` created the store"
+
+
+# ------------------------------------------------------------------------------------------------
+# cascade sweep: bad specs (exit 2 before any work: no store, no output folder)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("change, fragment", [
+    (lambda r: r.update(methods=[{"name": "bayes-opt", "params": {"n_trial": 10}}]), "unknown parameter 'n_trial'"),
+    (lambda r: r.update(seeds=[0, 0]), "same cell twice"),
+    (lambda r: r["records"][0].update(path="no-such.parquet"), "records.0.path"),
+    (lambda r: r.update(methods=["no-such-method"]), "methods"),
+    (None, "no such sweep spec"),
+], ids=["unknown-param", "duplicate-cells", "missing-records", "unknown-method", "missing-spec"])
+def test_sweep_bad_spec_exits_2_before_any_work(change, fragment, dry, tmp_path, capsys):
+    raw = yaml.safe_load((ROOT / "examples" / "sweep-tiny.yaml").read_text())
+    raw["records"][0]["path"] = str(DEV)
+    raw["out"] = str(tmp_path / "out")
+    spec = tmp_path / "spec.yaml"
+    if change is not None:
+        change(raw)
+        spec.write_text(yaml.safe_dump(raw))
+    db = tmp_path / "m.db"
+    args = ["sweep", spec, "--tracking-uri", f"sqlite:///{db}", "--no-progress"] + (["--dry-run"] if dry else [])
+    rc, err = _run(args, False, tmp_path, capsys)
+    assert rc == 2, err[-3000:]
+    _one_line(err, "cascade sweep", fragment)
+    assert not db.exists() and not (tmp_path / "out").exists()

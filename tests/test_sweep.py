@@ -117,7 +117,7 @@ def test_cell_keys_stable_and_data_sensitive(tmp_path):
     assert set(c.key for c in S.expand(S.load_spec(raw))).isdisjoint(keys)
     # a different method parameter or seed: a different cell
     raw2 = yaml.safe_load(_spec(tmp_path).read_text())
-    raw2["methods"] = [{"name": "grid", "params": {"n_grid": 9}}, "markov-copula"]
+    raw2["methods"] = [{"name": "grid", "params": {"n_quantiles": 9}}, "markov-copula"]
     k2 = {c.key for c in S.expand(S.load_spec(raw2))}
     assert len(k2 & set(keys)) == 2  # the markov-copula cells are unchanged
     raw2["seeds"] = [1]
