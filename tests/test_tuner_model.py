@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 from statsmodels.distributions.copula.api import GumbelCopula
 
 from cascade.evaluate import curves as evaluate
 from cascade.data import records
 from cascade.evaluate import tuning as tune
-from cascade.tuners.markov_copula import BetaMixture01, MarkovCopulaModel, MarkovCopulaTuner
+from cascade.tuners.markov_copula import (BetaMixture01, MarkovCopulaModel, MarkovCopulaTuner, fill_gaps,
+                                          mixture_nll_grad)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / "examples" / "medmcqa-llama.parquet"
@@ -48,6 +49,66 @@ def test_beta_mixture_recovers_its_parameters(method):
     assert w_lo == pytest.approx(0.35, abs=0.03)
     assert (a_lo, b_lo) == pytest.approx((2.0, 8.0), rel=0.15)
     assert (a_hi, b_hi) == pytest.approx((9.0, 3.0), rel=0.15)
+
+
+def test_mixture_gradient_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    u, w = np.unique(np.round(rng.beta(2.0, 5.0, 400), 3), return_counts=True)
+    lu, l1u = np.log(u), np.log1p(-u)
+    for z in ([0.0, np.log(2), np.log(5), np.log(5), np.log(2)], [1.2, -0.4, 2.1, 1.5, -0.3], [-3.0, 3.0, 0.5, -1.0, 4.0]):
+        z = np.asarray(z)
+        f, g = mixture_nll_grad(z, lu, l1u, w)
+        num = optimize.approx_fprime(z, lambda zz: mixture_nll_grad(zz, lu, l1u, w)[0], 1e-7)
+        assert g == pytest.approx(num, rel=1e-4, abs=1e-3 * max(1.0, abs(f)))
+        # and the value is the per-point log-likelihood of the expanded data
+        params = (1 / (1 + np.exp(-z[0])), *np.exp(z[1:]))
+        assert f == pytest.approx(BetaMixture01._nll(params, np.repeat(u, w)), rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["mle", "em"])
+def test_mixture_fit_on_counts_is_the_fit_on_points_and_a_stationary_point(method):
+    """Resampled data (few distinct values, many points): fitting the points or their distinct values with
+    counts is the same fit, and the result is a maximum of the per-point likelihood (zero gradient)."""
+    rng = np.random.default_rng(4)
+    base = np.where(rng.random(250) < 0.4, rng.beta(2.0, 6.0, 250), rng.beta(6.0, 2.0, 250))
+    u = base[rng.integers(0, len(base), 50_000)]
+    on_points = BetaMixture01(method).fit(u)
+    vals, counts = np.unique(u, return_counts=True)
+    on_counts = BetaMixture01(method).fit(vals, weights=counts)
+    assert on_points.params_ == on_counts.params_
+    assert on_points.n_ == on_counts.n_ == len(u)
+    assert on_points.loglik_ == pytest.approx(-BetaMixture01._nll(on_points.params_, u), rel=1e-12)
+    pi, a1, b1, a2, b2 = on_points.params_
+    z = np.array([np.log(pi / (1 - pi)), np.log(a1), np.log(b1), np.log(a2), np.log(b2)])
+    _, g = mixture_nll_grad(z, np.log(vals), np.log1p(-vals), counts)
+    tol = 1e-4 if method == "mle" else 5e-2  # EM stops on |delta loglik| < 1e-6, short of the exact optimum
+    assert np.abs(g).max() < tol * len(u)
+
+
+def test_fill_gaps_counts_the_training_mass_between_points_exactly():
+    """fill_gaps (sorted columns + searchsorted) against the direct definition: more than max_gap of some
+    model's training confidences strictly between consecutive threshold vectors -> insert the midpoint."""
+    rng = np.random.default_rng(6)
+    conf = np.round(rng.random((3000, 4)), 2)  # ties, and thresholds landing on data values
+
+    def reference(pts, max_gap=0.1, max_points=500):
+        pts = [np.asarray(t, float) for t in pts]
+        obs = conf[:, :-1]
+        i = 0
+        while i < len(pts) - 1 and len(pts) < max_points:
+            lo, hi = np.minimum(pts[i], pts[i + 1]), np.maximum(pts[i], pts[i + 1])
+            if np.mean((obs > lo) & (obs < hi), axis=0).max() > max_gap:
+                pts.insert(i + 1, (pts[i] + pts[i + 1]) / 2)
+            else:
+                i += 1
+        return pts
+
+    for _ in range(5):
+        pts = list(np.round(rng.random((6, 3)), 2))
+        for max_gap in (0.02, 0.1):
+            got, want = fill_gaps(pts, conf, max_gap), reference(pts, max_gap)
+            assert len(got) == len(want) > len(pts)
+            assert all(np.array_equal(a, b) for a, b in zip(got, want))
 
 
 def _synthetic(n, theta, rng, k=2, p_end=0.05):
