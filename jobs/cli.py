@@ -2,7 +2,11 @@
 
 Each command module defines ``register(subparsers)``, which adds its parser and sets
 ``func(args) -> int`` as the default. Errors a user can fix (bad input, bad config) are raised as
-``UserError``/``ValueError``/``RecordsError`` subclasses and printed as one line, exit status 2.
+:class:`cascade.errors.UserError` or ``ValueError`` subclasses (``RecordsError`` is one) and printed as
+one line, exit status 2.
+
+This module imports nothing heavy (no pandas, pyarrow, scipy, cascade.data ...): command modules keep
+such imports inside their functions, so ``cascade --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from cascade.data.records import RecordsError
+from cascade.errors import UserError
 
 COMMANDS = [
     "jobs.commands.records",  # cascade import
@@ -25,10 +29,6 @@ OPTIONAL_COMMANDS = [
     "jobs.commands.sweep",  # cascade sweep
     "jobs.commands.log",  # cascade log
 ]
-
-
-class UserError(Exception):
-    """An error in the user's input: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, RecordsError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, FileNotFoundError) as e:  # RecordsError, ConfigError: ValueError subclasses
         print(f"cascade {args.command}: error: {e}", file=sys.stderr)
         return 2
 
+
+__all__ = ["COMMANDS", "OPTIONAL_COMMANDS", "UserError", "build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())
