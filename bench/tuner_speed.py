@@ -2,12 +2,15 @@
 search at 40 quantiles, on the dev results (MedMCQA, llama chain, model-mean cost).
 
 Usage: python bench/tuner_speed.py [--results examples/medmcqa-llama.parquet] [--repeats 3]
-        [--integration table|exact]
+        [--integration table|exact] [--blas-threads 1]
 
-Timings are wall-clock medians over ``--repeats`` runs of ``fit`` on the calibrated training split (the
-Markov-copula fit itself is reported separately); calibration and test scoring are not included. The
-target (issue 2): k = 5 under 2 s including the fit on a 2-core machine. For reference the paper's
-release took 20-75 s per cascade without the fit and its grid search ~670 s at k = 5.
+Timings are medians over ``--repeats`` runs of ``fit`` on the calibrated training split, wall-clock and CPU
+(user + sys of this process; CPU above wall means several threads ran); the Markov-copula fit itself is
+reported separately; calibration and test scoring are not included. BLAS/OpenMP thread pools are pinned
+to ``--blas-threads`` (default 1, with threadpoolctl) and the count is printed: on a busy 2-core machine
+two OpenBLAS threads made the same run 2.6x slower. The target (issue 2): k = 5 under 2 s including the
+fit on a 2-core machine. For reference the paper's release took 20-75 s per cascade without the fit and
+its grid search ~670 s at k = 5.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
+
 from cascade.data import records  # noqa: E402
 from cascade.evaluate import tuning as tune  # noqa: E402
 
 
 def timed(fn, repeats):
-    out, secs = None, []
+    """(last result, median wall s, median CPU s) over ``repeats`` calls."""
+    out, secs, cpus = None, [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         secs.append(time.perf_counter() - t0)
-    return out, statistics.median(secs)
+        cpus.append(time.process_time() - c0)
+    return out, statistics.median(secs), statistics.median(cpus)
 
 
 def main(argv=None) -> int:
@@ -42,26 +49,36 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--integration", default="table", choices=["table", "exact"])
     ap.add_argument("--no-grid", action="store_true", help="skip grid search (k = 5 takes a few seconds)")
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="BLAS/OpenMP threads (threadpoolctl); 0 leaves the libraries' defaults")
     args = ap.parse_args(argv)
+    if args.blas_threads > 0:
+        with threadpool_limits(args.blas_threads):
+            return run(args)
+    return run(args)
 
+
+def run(args) -> int:
     chain = json.loads(Path(args.paper).read_text())["definitions"]["models_llama_chain"]
     df = records.load(args.results)
-    print(f"machine: {os.cpu_count()} CPUs; results {args.results}; integration={args.integration}; "
-          f"median of {args.repeats}")
-    print(f"{'k':>2} {'cascade':<58} {'fit s':>7} {'fit+curve s':>12} {'points':>7} {'grid40 s':>9} {'grid pts':>9}")
+    pools = ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in threadpool_info()) or "none found"
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; thread pools (threadpoolctl): "
+          f"{pools}; results {args.results}; integration={args.integration}; median of {args.repeats}")
+    print(f"{'k':>2} {'cascade':<58} {'fit s':>7} {'fit+curve s':>12} {'cpu s':>7} {'points':>7} "
+          f"{'grid40 s':>9} {'cpu s':>7} {'grid pts':>9}")
     for k in range(2, len(chain) + 1):
         models = chain[:k]
         train, _, _ = tune.prepare(df, models=models, cost_mode="model-mean")
         mc = tune.get_method("markov-copula")(integration=args.integration)
-        tuner, s_total = timed(lambda: mc.fit(train), args.repeats)
+        tuner, s_total, c_total = timed(lambda: mc.fit(train), args.repeats)
         s_fit = tuner.diagnostics_.get("fit_seconds", float("nan"))
         if args.no_grid:
-            s_grid, n_grid = float("nan"), 0
+            s_grid, c_grid, n_grid = float("nan"), float("nan"), 0
         else:
-            gr, s_grid = timed(lambda: tune.get_method("grid")(n_quantiles=40).fit(train), 1)
+            gr, s_grid, c_grid = timed(lambda: tune.get_method("grid")(n_quantiles=40).fit(train), 1)
             n_grid = len(gr.thresholds_)
-        print(f"{k:>2} {' -> '.join(models):<58} {s_fit:>7.3f} {s_total:>12.3f} {len(tuner.thresholds_):>7} "
-              f"{s_grid:>9.3f} {n_grid:>9}")
+        print(f"{k:>2} {' -> '.join(models):<58} {s_fit:>7.3f} {s_total:>12.3f} {c_total:>7.3f} "
+              f"{len(tuner.thresholds_):>7} {s_grid:>9.3f} {c_grid:>7.3f} {n_grid:>9}")
     return 0
 
 
