@@ -292,7 +292,7 @@ class CopulaModel:
 
     integration = "exact"  # read by code written for MarkovCopulaModel; the integrals here have one method
 
-    def __init__(self, margin: str = "beta", families=DEFAULT_FAMILIES, criterion: str = "aic",
+    def __init__(self, margin: str = "ecdf", families=DEFAULT_FAMILIES, criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
                  correctness: str = "auto", structure: str = "markov"):
         self.margin = margin
@@ -423,7 +423,7 @@ class CopulaTuner(MarkovCopulaTuner):
     def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
                  lambda_max: float = 1000.0, stop_multiplier: float = 1.25, stop_reference: str = "cascade",
                  reference_cost: float | None = None, max_gap: float = 0.1, eps: float = 1e-3,
-                 start: str = "midpoint", margin: str = "beta", families=DEFAULT_FAMILIES, criterion: str = "aic",
+                 start: str = "warm", margin: str = "ecdf", families=DEFAULT_FAMILIES, criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
                  correctness: str = "auto", structure: str = "markov"):
         super().__init__(lambdas=lambdas, growth=growth, max_steps=max_steps, lambda_max=lambda_max,
