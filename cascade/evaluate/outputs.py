@@ -142,7 +142,9 @@ def _install(tmp: Path, target: Path, attempts: int = 100) -> None:
 
 def write_outputs(out, curve: pd.DataFrame, summary: dict) -> Path:
     """Write ``curve.parquet`` and ``summary.json`` as one folder ``out`` (see the module doc)."""
-    out = Path(out)
+    out = Path(out).absolute()
+    if out.name in ("", ".", ".."):
+        raise ValueError(f"{out}: give the output folder a name")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
