@@ -21,6 +21,8 @@ The target of issue 11 (printed at the end): at n = all, k >= 3, copula's improv
 (minus its % change) >= min(1%, half of markov-copula's gap to the oracle in %), with a one-sided
 Wilcoxon p < 0.05; and at n <= 30 no worse than markov-copula (mean % change <= 0).
 
+``--speed`` only times ``copula``'s fit + full curve for k = 2..K on the first ``--results`` chain.
+
 Outputs in --out: runs.csv (one row per comparison per cell), summary.csv, closure.csv (per cascade),
 table.txt, meta.json.
 """
@@ -116,9 +118,35 @@ def target_lines(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def speed(path: str, repeats: int = 3) -> list[str]:
+    """Seconds (wall and CPU of this process) to fit ``copula`` and trace its curve for the first k models of
+    the chain in ``path``, k = 2..K; the pair-copula cache is cleared before every repeat."""
+    import statistics
+
+    from cascade.tuners import copula
+
+    recs = records.load(path)
+    chain = list(dict.fromkeys(recs["model"]))
+    lines = [f"{'k':>2} {'fit s':>7} {'fit+curve s':>12} {'cpu s':>7} {'points':>7}"]
+    for k in range(2, len(chain) + 1):
+        train, _, _ = tune.prepare(recs, models=chain[:k])
+        wall, cpu, fit = [], [], []
+        for _ in range(repeats):
+            copula._PAIR_CACHE.clear()
+            t0, c0 = time.perf_counter(), time.process_time()
+            tuner = copula.CopulaTuner().fit(train)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            fit.append(tuner.diagnostics_["fit_seconds"])
+        lines.append(f"{k:>2} {statistics.median(fit):>7.3f} {statistics.median(wall):>12.3f} "
+                     f"{statistics.median(cpu):>7.3f} {len(tuner.thresholds_):>7}")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", action="append", required=True, help="NAME=PATH[:m1,m2,...] (repeatable)")
+    ap.add_argument("--speed", action="store_true", help="only time fit + curve for k = 2..K on the first --results")
     ap.add_argument("--methods", default="copula,markov-copula,grid,bayes-opt")
     ap.add_argument("--n-values", default="10,20,30,50,100,all")
     ap.add_argument("--subsamples", type=int, default=20)
@@ -127,8 +155,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--param", action="append", default=[], help="METHOD.NAME=VALUE")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
     a = ap.parse_args(argv)
+    if a.speed:
+        print("\n".join(speed(a.results[0].partition("=")[2].partition(":")[0])))
+        return 0
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     if SUBJECT not in methods:
         methods.insert(0, SUBJECT)
@@ -141,6 +172,8 @@ def main(argv=None) -> int:
         except json.JSONDecodeError:
             pass
         overrides.setdefault(meth, {})[name] = value
+    if not a.out:
+        ap.error("--out is required (except with --speed)")
     n_values = [v.strip() for v in a.n_values.split(",")]
     kw = dict(train_split="train", test_split="test", signal="confidence", cost_mode="model-mean")
     tasks = []

@@ -179,6 +179,13 @@ _PAIR_CACHE: OrderedDict = OrderedDict()
 _PAIR_CACHE_SIZE = 256
 
 
+def _family_names(families) -> tuple:
+    """A tuple of family names from a sequence or a comma-separated string (``--param families=a,b``)."""
+    if isinstance(families, str):
+        families = [f.strip() for f in families.split(",") if f.strip()]
+    return tuple(families)
+
+
 def select_pair(u, v, u_left=None, v_left=None, *, families=DEFAULT_FAMILIES, criterion: str = "aic",
                 num_threads: int = 1) -> tuple[pv.Bicop, list[dict]]:
     """Fit every family (best rotation each) to the pseudo-observations and keep the one with the smallest
@@ -295,15 +302,9 @@ class CopulaModel:
     def __init__(self, margin: str = "ecdf", families=DEFAULT_FAMILIES, criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
                  correctness: str = "auto", structure: str = "markov"):
-        self.margin = margin
-        self.families = tuple(families)
-        self.criterion = criterion
-        self.ties = ties
-        self.tie_share = tie_share
-        self.n_cells = n_cells
-        self.seed = seed
-        self.correctness = correctness
-        self.structure = structure
+        vars(self).update(margin=margin, families=_family_names(families), criterion=criterion, ties=ties,
+                          tie_share=tie_share, n_cells=n_cells, seed=seed, correctness=correctness,
+                          structure=structure)
 
     def _discrete(self, x) -> bool:
         share = _tie_share(x)
@@ -431,19 +432,12 @@ class CopulaTuner(MarkovCopulaTuner):
                          reference_cost=reference_cost, max_gap=max_gap, eps=eps, start=start,
                          integration="exact")
         del self.marginal_fit, self.copula, self.n_quad, self.integration  # not parameters of this model
-        self.margin = margin
-        self.families = tuple(families)
-        self.criterion = criterion
-        self.ties = ties
-        self.tie_share = tie_share
-        self.n_cells = n_cells
-        self.seed = seed
-        self.correctness = correctness
-        self.structure = structure
+        self._model_params = CopulaModel(margin, families, criterion, ties, tie_share, n_cells, seed, correctness,
+                                         structure).__dict__
+        vars(self).update(self._model_params)
 
     def make_model(self) -> CopulaModel:
-        return CopulaModel(self.margin, self.families, self.criterion, self.ties, self.tie_share, self.n_cells,
-                           self.seed, self.correctness, self.structure)
+        return CopulaModel(**{name: getattr(self, name) for name in self._model_params})
 
     def fit(self, train):
         t0 = time.perf_counter()
