@@ -537,7 +537,8 @@ def _note_actors(batch: pd.DataFrame, stats: dict[str, StageStats], t_start: flo
         ready = float(r["_ready_at"])
         s.first_ready = ready if s.first_ready is None else min(s.first_ready, ready)
         s.load_seconds = max(0.0, s.first_ready - t_start)
-        s.threads = int(r["_threads"])
+        if int(r["_threads"]) > 0:
+            s.threads = int(r["_threads"])
         if bool(r["_restarted"]):
             s.restarted.add(actor)
 
@@ -585,7 +586,7 @@ class _LLMRows:
         self.stop_ids = model_stop_ids(path, self.tokenizer)
         self.signals, self.grading, self.run_id = list(signals), B.GradingConfig(**grading), run_id
         self.columns, self.keep_items, self.max_logprobs = list(columns), keep_items, max_logprobs
-        self.meta = _actor_meta(time.perf_counter() - t0)
+        self.meta = {**_actor_meta(time.perf_counter() - t0), "_threads": -1}  # the engine runs in vLLM's actor
 
     def _results(self, batch: pd.DataFrame, reqs_col: str):
         from cascade.scoring.engines.base import GenRequest

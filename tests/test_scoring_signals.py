@@ -103,3 +103,9 @@ def test_a_new_signal_is_scored_by_the_real_stage(tmp_path, monkeypatch):
         r = eng.generate([GenRequest(p.ids(it.prompt), B.get("mmlu").max_new_tokens)])[0]
         lps = r.token_logprobs[:-1] if r.stopped and len(r.token_logprobs) > 1 else r.token_logprobs
         assert got == pytest.approx(lps[-1], abs=2e-3)
+
+
+def test_default_signal_column_comes_from_the_registry():
+    assert S.default_column(["conf_ptrue", "conf_mean_logprob"]) == "conf_mean_logprob"
+    assert S.default_column(["confidence", "conf_mean_logprob"]) == "confidence"
+    assert S.default_column(["conf_ptrue"]) == "conf_ptrue" and S.default_column(["cost"]) is None

@@ -65,6 +65,8 @@ class Signal:
 
 
 SIGNALS: dict[str, Signal] = {}
+#: the registered signal tuning falls back to when records have no generic ``confidence`` column
+DEFAULT = "mean_logprob"
 
 
 def register(sig: Signal) -> Signal:
@@ -135,6 +137,18 @@ register(Signal("choice_logprob", "conf_choice_logprob", "one-sided", "choices",
                 tasks=("multiple_choice",)))
 register(Signal("ptrue", "conf_ptrue", "two-sided", "ptrue",
                 "P(True) self-evaluation: log P(True) of a second pass, normalised over True/False", _ptrue))
+
+
+def default_column(columns: Iterable[str]) -> str | None:
+    """The signal column to tune on by default among ``columns``: ``confidence`` (imported records), else
+    the :data:`DEFAULT` signal's column, else the first registered signal's column present; None if none."""
+    cols = list(columns)
+    if "confidence" in cols:
+        return "confidence"
+    for name in [DEFAULT, *SIGNALS]:
+        if name in SIGNALS and SIGNALS[name].column in cols:
+            return SIGNALS[name].column
+    return None
 
 
 def by_column(column: str) -> Signal | None:
