@@ -275,12 +275,16 @@ def shard_problem(sh: Shard, expected: set[str]) -> str | None:
     return None
 
 
-def set_aside(path: Path, out: Path, run_id: str) -> Path:
-    """Move a damaged shard (and its manifest) to ``<out>/.corrupt/<run_id>/...`` under the store lock."""
-    dest = out / CORRUPT_DIR / run_id / path.relative_to(out)
+def set_aside(sh: Shard, expected: set[str], out: Path, run_id: str) -> Path | None:
+    """Move a damaged shard (and its manifest) to ``<out>/.corrupt/<run_id>/...``, holding the store lock.
+    The shard is checked again under the lock: if another process has just rewritten it whole, it stays
+    and None is returned."""
+    dest = out / CORRUPT_DIR / run_id / sh.path.relative_to(out)
     with records.store_lock(out):
+        if not sh.path.exists() or shard_problem(sh, expected) is None:
+            return None
         dest.parent.mkdir(parents=True, exist_ok=True)
-        for src in (path, records.manifest_path(path)):
+        for src in (sh.path, records.manifest_path(sh.path)):
             if src.exists():
                 os.replace(src, dest.parent / src.name)
     return dest
@@ -302,9 +306,13 @@ def _todo(cfg: ScoreConfig, shards: dict[str, list[Shard]], per_split, stats: di
                 if reason is None:
                     s.skipped_shards += 1
                     continue
-                dest = set_aside(sh.path, Path(cfg.out), run_id)
+                dest = set_aside(sh, expected[sh.benchmark], Path(cfg.out), run_id)
+                if dest is None and sh.path.exists():  # rewritten meanwhile by a concurrent run
+                    s.skipped_shards += 1
+                    continue
                 s.rescored_shards += 1
-                print(f"cascade score: {reason}; moved to {dest.parent} and scoring it again", file=sys.stderr)
+                print(f"cascade score: {reason}; moved to {dest.parent if dest else CORRUPT_DIR} and scoring it "
+                      "again", file=sys.stderr)
             lst.append(sh)  # (a manifest without its shard is replaced when the shard is written)
         todo[st.name] = lst
     return todo
