@@ -540,8 +540,12 @@ def frontier_figure(sel: Selection, title: str | None = None):
     cascade) and the baselines. A matplotlib Figure (no pyplot state)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5))
-    ax = fig.subplots()
+    abstains = sel.abstain_cost is not None and "test_abstention" in sel.frontier
+    fig = Figure(figsize=(8, 7.5 if abstains else 5))
+    if abstains:
+        ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    else:
+        ax = fig.subplots()
     c = sel.candidates
     ax.scatter(c["test_cost"], c["test_error"], s=6, color="0.75", label="all sub-cascades (test)", zorder=1)
     styles = {"best_single": ("tab:blue", "s--"), "full_chain": ("tab:orange", "-"), "best_pair": ("tab:green", "-")}
@@ -560,7 +564,15 @@ def frontier_figure(sel: Selection, title: str | None = None):
         ax.scatter(g["test_cost"], g["test_error"], s=18, color=cmap(i % 20), edgecolor="black", lw=0.4,
                    zorder=4, label=n if len(names) <= 8 else None)
     ax.set_xscale("log")
-    ax.set_xlabel("test cost (USD per million queries, log scale)")
+    if abstains:
+        ax2.plot(f["test_cost"], f["test_wrong"], "o-", ms=3, color="tab:red", label="error (answered and wrong)")
+        ax2.plot(f["test_cost"], f["test_abstention"], "s-", ms=3, color="tab:purple", label="abstention rate")
+        ax2.set_ylabel("frontier, test")
+        ax2.set_xlabel("test cost (USD per million queries, log scale)")
+        ax2.grid(alpha=0.3, which="both")
+        ax2.legend(fontsize=7)
+    else:
+        ax.set_xlabel("test cost (USD per million queries, log scale)")
     ax.set_ylabel("test loss (error + abstain_cost x abstention)" if sel.abstain_cost is not None else "test error")
     ax.set_title(title or f"{' > '.join(sel.chain)} ({sel.summary.get('method', sel.method)})", fontsize=8)
     ax.grid(alpha=0.3, which="both")
