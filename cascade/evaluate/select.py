@@ -108,6 +108,9 @@ def tune_subcascade(train: CascadeData, test: CascadeData, method: str, params: 
         from cascade.tuners import abstention
 
         curve, summary, tuner = abstention.tune_prepared(train, test, abstain_cost, params)
+        summary["test_auc"] = (curves.auc(curve["test_cost"], curve["test_error"]) if len(models) > 1
+                               else float(curve["test_error"].iloc[0]))
+        summary["degenerate"] = tuning.degenerate_reasons(train, curve if len(models) > 1 else None)
     elif len(models) == 1:
         curve, tuner = _single_curve(method, train, test), None
         summary = {"method": method, "models": models, "n_train": train.n, "n_test": test.n, "n_points": 1,

@@ -400,9 +400,7 @@ def single_model_threshold(train: CascadeData, abstain_cost: float) -> float:
 def tune_prepared(train: CascadeData, test: CascadeData, abstain_cost: float, params: dict | None = None
                   ) -> tuple[pd.DataFrame, dict, object]:
     """Fit the abstention tuner on calibrated train data and score its curve on test (a single model:
-    one point)."""
-    from cascade.evaluate import curves
-
+    one point). The summary has no AUC: the caller's curve code adds it (tuners do not import evaluate)."""
     params = dict(params or {})
     models = list(train.models)
     t0 = time.perf_counter()
@@ -428,7 +426,6 @@ def tune_prepared(train: CascadeData, test: CascadeData, abstain_cost: float, pa
         "n_train": train.n,
         "n_test": test.n,
         "n_points": len(curve),
-        "test_auc": curves.auc(curve["test_cost"], curve["test_error"]),
         "test_cost_range": [float(curve["test_cost"].min()), float(curve["test_cost"].max())],
         "seconds": time.perf_counter() - t0,
         "params": {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
