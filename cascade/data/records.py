@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import unicodedata
 import urllib.parse
@@ -32,6 +33,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -213,7 +215,8 @@ _FLOAT_EXACT_INT = 2 ** 53
 
 def _int_column(raw: pd.Series, col: str, source: str) -> pd.Series:
     """An int64 column, or RecordsError: no booleans, NaN, inf, fractions, values outside int64, or
-    floats beyond 2**53 (a float id like 1e20 is not an id: the digits are gone before we see them)."""
+    floats beyond 2**53 (a float id like 1e20 is not an id: the digits are gone before we see them).
+    The general (pandas) path, for columns that are not plain numbers: see :func:`_int_values`."""
     flags = raw.map(lambda v: isinstance(v, (bool, np.bool_))) if raw.dtype == object else None
     if pd.api.types.is_bool_dtype(raw) or (flags is not None and flags.any()):
         mask = flags if flags is not None else pd.Series(True, index=raw.index)
@@ -228,11 +231,409 @@ def _int_column(raw: pd.Series, col: str, source: str) -> pd.Series:
             f = s.astype("float64")
             bad = f.isna() | ~np.isfinite(f) | (f != np.floor(f)) | (f.abs() > _FLOAT_EXACT_INT)
     if bad.any():
-        raise RecordsError(
-            f"{source}: column {col!r} must hold integers (int64; stored as floats, whole numbers of at most "
-            f"2**53); bad values in {_rows(bad)}"
-        )
+        raise RecordsError(_int_message(col, source, bad))
     return s.astype(np.int64)
+
+
+def _int_message(col: str, source: str, bad) -> str:
+    return (f"{source}: column {col!r} must hold integers (int64; stored as floats, whole numbers of at most "
+            f"2**53); bad values in {_rows(bad)}")
+
+
+class _Input:
+    """The columns of an input, one at a time: an Arrow table, a pandas frame, or a Parquet file (or
+    folder) read column by column, so that each column's Arrow buffers are freed once it is checked.
+
+    :meth:`plain` gives a column as a numpy array when it already holds plain numbers (bool, int, float
+    without missing values): the checks then run on arrays. Any other column goes through
+    :meth:`series`, the pandas path, whose conversions (text to numbers, ``true``/``false``, missing
+    values) define what validation accepts; both paths give the same answer and message."""
+
+    def __init__(self, data: pa.Table | pd.DataFrame | Path):
+        self.data = data
+        self.path = data if isinstance(data, Path) else None
+        if self.path is not None:
+            dataset = pads.dataset(str(self.path), format="parquet")
+            self.columns = [c for c in dataset.schema.names if not re.fullmatch(r"__index_level_\d+__", c)]
+            self.n = dataset.count_rows()
+            self.is_arrow = True
+        else:
+            self.is_arrow = isinstance(data, pa.Table)
+            self.columns = list(data.column_names if self.is_arrow else data.columns)
+            self.n = data.num_rows if self.is_arrow else len(data)
+
+    def column(self, col: str) -> pa.ChunkedArray:
+        """An Arrow column (benchmark, split and model of a Parquet input come dictionary-encoded)."""
+        if self.path is None:
+            return self.data.column(col)
+        try:
+            return pq.read_table(self.path, columns=[col],
+                                 read_dictionary=[col] if col in _NAME_COLUMNS else None).column(0)
+        except (OSError, pa.ArrowException) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RecordsError(f"{self.path}: cannot be read as Parquet ({first}); check the file") from None
+
+    def series(self, col: str) -> pd.Series:
+        if self.is_arrow:
+            return self.column(col).to_pandas()
+        return self.data[col].reset_index(drop=True)
+
+    def plain(self, col: str) -> np.ndarray | None:
+        """The column as a bool/int/float numpy array if it holds such values and no missing ones, else None."""
+        if self.is_arrow:
+            c = self.column(col)
+            t = c.type
+            if c.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+                return c.to_numpy()
+            return None
+        s = self.data[col]
+        return s.to_numpy() if isinstance(s.dtype, np.dtype) and s.dtype.kind in "biuf" else None
+
+    def strings(self, col: str) -> pa.ChunkedArray | None:
+        """The column as Arrow strings (or dictionary of strings) when it is one, else None."""
+        if not self.is_arrow:
+            return None
+        c = self.column(col)
+        t = c.type.value_type if pa.types.is_dictionary(c.type) else c.type
+        return c if (pa.types.is_string(t) or pa.types.is_large_string(t)) else None
+
+
+def _encode(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Dictionary codes (int32, one per row) and the values of a string column without nulls; every
+    value listed is used and values are listed in order of first appearance."""
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    col = col.unify_dictionaries()
+    if col.num_chunks == 0:
+        return np.zeros(0, np.int32), []
+    values = col.chunk(0).dictionary.cast(pa.string()).to_pylist()
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+                            for c in col.chunks])
+    return _compact(codes, values)
+
+
+def _compact(codes: np.ndarray, values: list) -> tuple[np.ndarray, list]:
+    """Drop unused values and renumber the codes so that values come in order of first appearance."""
+    if not len(codes):
+        return codes.astype(np.int32), []
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # first row of each run of one value
+    u, first = np.unique(codes[starts], return_index=True)
+    used = u[np.argsort(first, kind="stable")]
+    if len(used) == len(values) and (used == np.arange(len(values))).all():
+        return codes, values
+    lut = np.full(len(values), -1, np.int32)
+    lut[used] = np.arange(len(used), dtype=np.int32)
+    return lut[codes], [values[i] for i in used]
+
+
+def _name_column(inp: _Input, col: str, source: str) -> tuple[np.ndarray, list[str]]:
+    """A benchmark/split/model column as (codes, values): no missing value, no leading/trailing spaces,
+    every value a valid folder name (:func:`folder_name`)."""
+    arrow = inp.strings(col)
+    if arrow is not None:
+        if arrow.null_count:
+            mask = arrow.is_null().to_numpy(zero_copy_only=False)
+            raise RecordsError(f"{source}: column {col!r} is empty in {_rows(mask)}")
+        codes, values = _encode(arrow)
+    else:
+        s = inp.series(col)
+        if s.isna().any():
+            raise RecordsError(f"{source}: column {col!r} is empty in {_rows(s.isna())}")
+        codes, uniques = pd.factorize(s.astype(str))
+        codes, values = codes.astype(np.int32), [str(v) for v in uniques]
+    spaced = [i for i, v in enumerate(values) if v != v.strip()]
+    if spaced:
+        mask = np.isin(codes, spaced)
+        raise RecordsError(f"{source}: column {col!r} has values with leading/trailing spaces "
+                           f"({values[codes[np.argmax(mask)]]!r}) in {_rows(mask)}; remove the spaces")
+    for i, value in enumerate(values):  # values come in order of first appearance
+        try:
+            folder_name(value, col)
+        except RecordsError as e:
+            raise RecordsError(f"{source}: {e} (in {_rows(codes == i)})") from None
+    return codes, values
+
+
+def _int_values(inp: _Input, col: str, source: str) -> np.ndarray:
+    """An int64 column (see :func:`_int_column`): on arrays when the column holds plain numbers."""
+    a = inp.plain(col)
+    if a is None:
+        return _int_column(inp.series(col), col, source).to_numpy()
+    if a.dtype.kind == "b":
+        raise RecordsError(f"{source}: column {col!r} holds true/false values in {_rows(np.ones(len(a), bool))}; "
+                           "it must hold integers")
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8:
+        bad = a > np.uint64(np.iinfo(np.int64).max)
+    elif a.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(a) | (a != np.floor(a)) | (np.abs(a) > _FLOAT_EXACT_INT)
+    else:
+        bad = None
+    if bad is not None and bad.any():
+        raise RecordsError(_int_message(col, source, bad))
+    return a.astype(np.int64, copy=False)
+
+
+def _correct_values(inp: _Input, source: str) -> np.ndarray:
+    a = inp.plain("correct")
+    if a is None:
+        c = inp.series("correct")
+        if c.dtype == bool:
+            return c.to_numpy(np.float64)
+        if not pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c):
+            c = c.map(lambda v: {"true": 1.0, "false": 0.0}.get(str(v).strip().lower(), v))
+        a = pd.to_numeric(c, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    elif a.dtype.kind == "b":
+        return a.astype(np.float64)
+    a = a.astype(np.float64, copy=False)
+    nan = np.isnan(a)
+    if nan.any():
+        raise RecordsError(f"{source}: column 'correct' has NaN or non-numeric values in {_rows(nan)}; "
+                           "use true/false or a number in [0, 1]")
+    out = (a < 0) | (a > 1)
+    if out.any():
+        raise RecordsError(f"{source}: column 'correct' must lie in [0, 1]; bad values in {_rows(out)}")
+    return a
+
+
+def _float_values(inp: _Input, col: str) -> np.ndarray:
+    a = inp.plain(col)
+    if a is None:
+        return pd.to_numeric(inp.series(col), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    return a.astype(np.float64, copy=False)
+
+
+def _cost_values(inp: _Input, source: str) -> np.ndarray:
+    cost = _float_values(inp, "cost")
+    finite = np.isfinite(cost)
+    if not finite.all():
+        raise RecordsError(f"{source}: column 'cost' must be a finite number; bad values in {_rows(~finite)}")
+    if (cost < 0).any():
+        raise RecordsError(f"{source}: column 'cost' is negative in {_rows(cost < 0)}; costs must be >= 0")
+    return cost
+
+
+def _signal_values(inp: _Input, sig: str, source: str) -> np.ndarray:
+    s = _float_values(inp, sig)
+    nan = np.isnan(s)
+    if nan.any():
+        raise RecordsError(f"{source}: signal column {sig!r} has NaN or non-numeric values in {_rows(nan)}; "
+                           "+-inf are allowed, NaN is not")
+    return s
+
+
+def _small_int(n: int) -> type:
+    """The narrowest signed integer type holding 0..n-1 (numpy's stable sort is a radix sort up to 16 bits)."""
+    return np.int8 if n <= 127 else np.int16 if n <= 32767 else np.int32 if n <= 2 ** 31 - 1 else np.int64
+
+
+@dataclass
+class Validated:
+    """Records that passed :func:`validate_table`, held column by column, and their order in the store.
+
+    ``keys``: benchmark, split and model as (codes, values); ``num``: query_id, tokens (int64), correct,
+    cost and signals (float64); ``extra``: optional columns as given. ``order`` lists the rows by
+    (benchmark, model, split, query_id) (names sorted as strings); ``segments`` maps each
+    (benchmark, model, split) to its slice of ``order``."""
+
+    n: int
+    keys: dict[str, tuple[np.ndarray, list[str]]]
+    num: dict[str, np.ndarray]
+    extra: dict[str, object]
+    signals: list[str]
+    order: np.ndarray
+    segments: dict[tuple[str, str, str], tuple[int, int]]
+    source: str = "input"
+
+    def names(self, col: str) -> list[str]:
+        return list(self.keys[col][1])
+
+    def groups(self) -> list[tuple[str, str]]:
+        """(benchmark, model) pairs, sorted."""
+        return sorted({(b, m) for b, m, _ in self.segments})
+
+    def group_rows(self, bench: str, model: str) -> np.ndarray:
+        """Rows of one (benchmark, model), sorted by (split, query_id)."""
+        spans = sorted((s, span) for (b, m, s), span in self.segments.items() if b == bench and m == model)
+        return np.concatenate([self.order[a:z] for _, (a, z) in spans])
+
+    def ids(self, bench: str, model: str, split: str) -> np.ndarray:
+        """Sorted query ids of one (benchmark, model, split)."""
+        a, z = self.segments[(bench, model, split)]
+        return self.num["query_id"][self.order[a:z]]
+
+    def table(self, rows: np.ndarray | None = None) -> pa.Table:
+        """The records (or ``rows`` of them, in that order) in the canonical schema (:func:`arrow_schema`)."""
+        schema = arrow_schema(self.signals, list(self.extra))
+        cols = []
+        for f in schema:
+            if f.name in self.keys:
+                codes, values = self.keys[f.name]
+                c = codes if rows is None else codes[rows]
+                cols.append(pa.DictionaryArray.from_arrays(pa.array(c, pa.int32()), pa.array(values, pa.string()))
+                            .cast(pa.string()))
+            elif f.name in self.num:
+                a = self.num[f.name]
+                cols.append(pa.array(a if rows is None else a[rows], f.type))
+            else:
+                cols.append(self._extra(f, rows))
+        return pa.Table.from_arrays(cols, schema=schema)
+
+    def _extra(self, f: pa.Field, rows) -> pa.Array:
+        v = self.extra[f.name]
+        if isinstance(v, pd.Series):
+            v = v if rows is None else v.iloc[rows]
+            s = v.astype("string") if f.type == pa.string() else v
+            try:
+                return pa.array(s, f.type, from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+                raise RecordsError(f"{self.source}: optional column {f.name!r} must hold {f.type} values ({e})") from None
+        c = v if rows is None else v.take(pa.array(rows))
+        try:
+            return c.cast(f.type).combine_chunks()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            if f.type == pa.string():
+                return pa.array(c.to_pandas().astype("string"), pa.string(), from_pandas=True)
+            raise RecordsError(f"{self.source}: optional column {f.name!r} must hold {f.type} values ({e})") from None
+
+    def summary(self) -> pd.DataFrame:
+        """Models and queries per (benchmark, split), as `cascade import` prints it."""
+        rows = {}
+        for (b, m, s), (a, z) in self.segments.items():
+            r = rows.setdefault((b, s), [set(), 0])
+            r[0].add(m)
+            r[1] = max(r[1], z - a)  # every model of a split has the same queries (checked)
+        idx = pd.MultiIndex.from_tuples(sorted(rows), names=["benchmark", "split"])
+        return pd.DataFrame({"models": [len(rows[k][0]) for k in idx], "queries": [rows[k][1] for k in idx]},
+                            index=idx)
+
+
+def validate_table(data: pa.Table | pd.DataFrame, *, prices: PriceTable | None = None,
+                   source: str = "input") -> Validated:
+    """Check records (an Arrow table or a pandas frame) and return them as :class:`Validated`.
+
+    Raises RecordsError on bad input, naming the column and rows (see :func:`validate`). Columns holding
+    plain numbers are checked as numpy arrays and names are dictionary-encoded, so a table of millions
+    of rows is checked in a few passes over its columns; other columns (text, mixed types) go through
+    pandas one column at a time."""
+    inp = data if isinstance(data, _Input) else _Input(data)
+    has_cost = "cost" in inp.columns
+    if has_cost and prices is not None:
+        raise RecordsError(f"{source}: has a 'cost' column and a price table was given; drop the column to "
+                           "compute costs from the prices, or drop --prices to keep the file's costs")
+    priced = (prices is not None and not has_cost and "model" in inp.columns
+              and all(c in inp.columns for c in ("input_tokens", "output_tokens")))
+    if priced:
+        arrow = inp.strings("model")
+        raw = inp.series("model").dropna().unique().tolist() if arrow is None else [
+            v for v in pc.unique(arrow).cast(pa.string()).to_pylist() if v is not None]
+        for model in sorted(raw, key=str):
+            prices.cost(str(model), 0.0, 0.0)  # a model without a price: refused here
+    missing = [c for c in REQUIRED_FIELDS if c not in inp.columns and not (c == "cost" and priced)]
+    if missing:
+        hint = " (or pass --prices to compute cost from tokens)" if missing == ["cost"] else ""
+        raise RecordsError(f"{source}: missing column(s) {', '.join(missing)}{hint}")
+    signals = signal_columns(inp.columns)
+    if not signals:
+        raise RecordsError(f"{source}: no confidence-signal column; name it 'confidence' or 'conf_<signal>'")
+    if inp.n == 0:
+        raise RecordsError(f"{source}: no rows")
+
+    keys = {col: _name_column(inp, col, source) for col in ("benchmark", "split", "model")}
+    for clash in _case_clashes(keys["benchmark"][1]):
+        raise RecordsError(f"{source}: benchmark names {', '.join(map(repr, clash))} differ only by letter case; "
+                           "use one spelling")
+    bcodes, bnames = keys["benchmark"]
+    for col in ("split", "model"):
+        codes, names = keys[col]
+        pairs = np.flatnonzero(np.bincount(bcodes.astype(np.int64) * len(names) + codes,
+                                           minlength=len(bnames) * len(names)))
+        per_bench: dict[str, list[str]] = {}
+        for p in pairs:
+            per_bench.setdefault(bnames[p // len(names)], []).append(names[p % len(names)])
+        for bench in sorted(per_bench):
+            for clash in _case_clashes(per_bench[bench]):
+                raise RecordsError(f"{source}: {col} names {', '.join(map(repr, clash))} of benchmark {bench!r} "
+                                   "differ only by letter case; use one spelling")
+
+    num = {}
+    for col in ("query_id", "input_tokens", "output_tokens"):
+        num[col] = _int_values(inp, col, source)
+        if col != "query_id" and (num[col] < 0).any():
+            raise RecordsError(f"{source}: column {col!r} is negative in {_rows(num[col] < 0)}")
+    num["correct"] = _correct_values(inp, source)
+    if priced:
+        mcodes, mnames = keys["model"]
+        pin = np.array([prices.prices[m][0] for m in mnames])
+        pout = np.array([prices.prices[m][1] for m in mnames])
+        num["cost"] = (num["input_tokens"].astype(np.float64) * pin[mcodes]
+                       + num["output_tokens"].astype(np.float64) * pout[mcodes]) / 1e6
+    else:
+        num["cost"] = _cost_values(inp, source)
+    for sig in signals:
+        num[sig] = _signal_values(inp, sig, source)
+
+    order, segments = _order(keys, num["query_id"], source)
+    extra = {}
+    for col in OPTIONAL_FIELDS:
+        if col in inp.columns:
+            extra[col] = inp.column(col) if inp.is_arrow else inp.series(col)
+    return Validated(inp.n, keys, num, extra, signals, order, segments, source)
+
+
+def _order(keys: dict, qid: np.ndarray, source: str) -> tuple[np.ndarray, dict]:
+    """Rows sorted by (benchmark, model, split, query_id) and the slice of each (benchmark, model, split);
+    refuses duplicate keys and models lacking queries other models of their (benchmark, split) have."""
+    (bc, bn), (mc, mn), (sc, sn) = keys["benchmark"], keys["model"], keys["split"]
+    ngroups = len(bn) * len(mn) * len(sn)
+    dtype = _small_int(ngroups)
+    rank = {col: np.argsort(np.argsort(np.array(v, dtype=object), kind="stable")).astype(dtype)
+            for col, (_, v) in keys.items()}
+    key = rank["benchmark"][bc]  # the group (benchmark, model, split) of each row, in sorted name order
+    key *= dtype(len(mn))
+    key += rank["model"][mc]
+    key *= dtype(len(sn))
+    key += rank["split"][sc]
+    order = np.argsort(key, kind="stable")
+    counts = np.bincount(key, minlength=ngroups)
+    ends = np.cumsum(counts)
+    bsorted, msorted, ssorted = (sorted(v) for v in (bn, mn, sn))
+    segments, dup_rows, refs, mismatch = {}, [], {}, set()
+    for g in np.flatnonzero(counts):
+        a, z = int(ends[g] - counts[g]), int(ends[g])
+        seg = order[a:z]
+        q = qid[seg]
+        if len(q) > 1 and not (q[1:] > q[:-1]).all():
+            p = np.argsort(q, kind="stable")
+            seg = seg[p]
+            order[a:z] = seg
+            q = q[p]
+            same = np.flatnonzero(q[1:] == q[:-1])
+            if len(same):
+                dup_rows.append(seg[np.union1d(same, same + 1)])
+        bm, s = divmod(int(g), len(sn))
+        b, m = divmod(bm, len(mn))
+        name = (bsorted[b], msorted[m], ssorted[s])
+        segments[name] = (a, z)
+        ref = refs.setdefault((name[0], name[2]), q)
+        if ref is not q and not np.array_equal(ref, q):
+            mismatch.add((name[0], name[2]))
+    if dup_rows:
+        mask = np.zeros(len(qid), bool)
+        mask[np.concatenate(dup_rows)] = True
+        raise RecordsError(f"{source}: duplicate (split, query_id, model) in {_rows(mask)}; each query x model must "
+                           "appear once")
+    for bench, split in sorted(mismatch):
+        ids = {m: qid[order[slice(*segments[(b, m, s)])]] for (b, m, s) in segments if (b, s) == (bench, split)}
+        union = np.unique(np.concatenate(list(ids.values())))
+        for model in sorted(ids):
+            lack = np.setdiff1d(union, ids[model], assume_unique=True)
+            if len(lack):
+                ex = ", ".join(str(q) for q in lack[:5])
+                raise RecordsError(
+                    f"{source}: model {model!r} lacks {len(lack)} queries of {bench}/{split} that other models have "
+                    f"(query_id {ex}{'...' if len(lack) > 5 else ''}); score them or drop them for every model")
+    return order, segments
 
 
 def validate(df: pd.DataFrame, *, prices: PriceTable | None = None, source: str = "input") -> pd.DataFrame:
@@ -240,138 +641,48 @@ def validate(df: pd.DataFrame, *, prices: PriceTable | None = None, source: str 
 
     Checks: required columns, at least one signal column, types, NaN/negative values, duplicate
     (benchmark, split, query_id, model) keys, and that every model of a (benchmark, split) has the
-    same query ids. A missing ``cost`` column is filled from ``prices`` when given.
-    """
-    df = df.copy()
-    if "cost" in df.columns and prices is not None:
-        raise RecordsError(f"{source}: has a 'cost' column and a price table was given; drop the column to "
-                           "compute costs from the prices, or drop --prices to keep the file's costs")
-    if "cost" not in df.columns and prices is not None:
-        missing_tok = [c for c in ("input_tokens", "output_tokens") if c not in df.columns]
-        if not missing_tok:
-            df["cost"] = 0.0
-            for model, idx in df.groupby("model").groups.items():
-                df.loc[idx, "cost"] = prices.cost(
-                    str(model), df.loc[idx, "input_tokens"].astype(float), df.loc[idx, "output_tokens"].astype(float)
-                )
-    missing = [c for c in REQUIRED_FIELDS if c not in df.columns]
-    if missing:
-        hint = " (or pass --prices to compute cost from tokens)" if missing == ["cost"] else ""
-        raise RecordsError(f"{source}: missing column(s) {', '.join(missing)}{hint}")
-    signals = signal_columns(df.columns)
-    if not signals:
-        raise RecordsError(
-            f"{source}: no confidence-signal column; name it 'confidence' or 'conf_<signal>'"
-        )
-    if len(df) == 0:
-        raise RecordsError(f"{source}: no rows")
-
-    for col in ("benchmark", "split", "model"):
-        if df[col].isna().any():
-            raise RecordsError(f"{source}: column {col!r} is empty in {_rows(df[col].isna())}")
-        df[col] = df[col].astype(str)
-        spaced = df[col] != df[col].str.strip()
-        if spaced.any():
-            raise RecordsError(f"{source}: column {col!r} has values with leading/trailing spaces "
-                               f"({df.loc[spaced, col].iloc[0]!r}) in {_rows(spaced)}; remove the spaces")
-        for value in df[col].unique():
-            try:
-                folder_name(value, col)
-            except RecordsError as e:
-                raise RecordsError(f"{source}: {e} (in {_rows(df[col] == value)})") from None
-    for clash in _case_clashes(df["benchmark"].unique()):
-        raise RecordsError(f"{source}: benchmark names {', '.join(map(repr, clash))} differ only by letter case; "
-                           "use one spelling")
-    for bench, g in df.groupby("benchmark", sort=True):
-        for col in ("split", "model"):
-            for clash in _case_clashes(g[col].unique()):
-                raise RecordsError(f"{source}: {col} names {', '.join(map(repr, clash))} of benchmark {bench!r} "
-                                   "differ only by letter case; use one spelling")
-
-    for col in ("query_id", "input_tokens", "output_tokens"):
-        df[col] = _int_column(df[col], col, source)
-        if col != "query_id" and (df[col] < 0).any():
-            raise RecordsError(f"{source}: column {col!r} is negative in {_rows(df[col] < 0)}")
-
-    c = df["correct"]
-    if c.dtype == bool:
-        df["correct"] = c.astype(np.float64)
-    else:
-        if not pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c):
-            c = c.map(lambda v: {"true": 1.0, "false": 0.0}.get(str(v).strip().lower(), v))
-        s = pd.to_numeric(c, errors="coerce")
-        nan = s.isna()
-        if nan.any():
-            raise RecordsError(
-                f"{source}: column 'correct' has NaN or non-numeric values in {_rows(nan)}; "
-                "use true/false or a number in [0, 1]"
-            )
-        out = (s < 0) | (s > 1)
-        if out.any():
-            raise RecordsError(f"{source}: column 'correct' must lie in [0, 1]; bad values in {_rows(out)}")
-        df["correct"] = s.astype(np.float64)
-
-    cost = pd.to_numeric(df["cost"], errors="coerce")
-    if cost.isna().any() or np.isinf(cost).any():
-        raise RecordsError(f"{source}: column 'cost' must be a finite number; bad values in {_rows(~np.isfinite(cost))}")
-    if (cost < 0).any():
-        raise RecordsError(f"{source}: column 'cost' is negative in {_rows(cost < 0)}; costs must be >= 0")
-    df["cost"] = cost.astype(np.float64)
-
-    for sig in signals:
-        s = pd.to_numeric(df[sig], errors="coerce")
-        if s.isna().any():
-            raise RecordsError(
-                f"{source}: signal column {sig!r} has NaN or non-numeric values in {_rows(s.isna())}; "
-                "+-inf are allowed, NaN is not"
-            )
-        df[sig] = s.astype(np.float64)
-
-    dup = df.duplicated(KEY, keep=False)
-    if dup.any():
-        raise RecordsError(
-            f"{source}: duplicate (split, query_id, model) in {_rows(dup)}; each query x model must appear once"
-        )
-
-    for (bench, split), g in df.groupby(["benchmark", "split"], sort=True):
-        ids = g.groupby("model")["query_id"].apply(frozenset)
-        union = frozenset().union(*ids.values)
-        for model, have in ids.items():
-            lack = union - have
-            if lack:
-                ex = ", ".join(str(q) for q in sorted(lack)[:5])
-                raise RecordsError(
-                    f"{source}: model {model!r} lacks {len(lack)} queries of {bench}/{split} that other models have "
-                    f"(query_id {ex}{'...' if len(lack) > 5 else ''}); score them or drop them for every model"
-                )
-
+    same query ids. A missing ``cost`` column is filled from ``prices`` when given. Rows keep their
+    order; other columns are kept as they are (see :func:`validate_table` for the Arrow form)."""
+    v = validate_table(df, prices=prices, source=source)
+    out = df.copy()
+    for col, (codes, values) in v.keys.items():
+        out[col] = pd.Series(np.asarray(values, dtype=object)[codes], index=out.index).astype(str)
+    for col, a in v.num.items():
+        out[col] = pd.Series(a, index=out.index)
     for col, typ in OPTIONAL_FIELDS.items():
-        if col in df.columns and typ == pa.string():
-            df[col] = df[col].astype("string")
-    return df
+        if col in out.columns and typ == pa.string():
+            out[col] = out[col].astype("string")
+    return out
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a Parquet or CSV file (import formats). Key columns a writer put in the index (Parquet
-    written from an indexed frame) come back as columns."""
+def open_input(path: str | os.PathLike) -> "_Input":
+    """An import file, ready for :func:`validate_table`: Parquet is read column by column (index columns a
+    pandas writer stored are ordinary columns, its unnamed index is left out), CSV with pandas (its type
+    inference is what a CSV import has always meant)."""
     path = Path(path)
     if not path.exists():
         raise RecordsError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    is_parquet = suffix in (".parquet", ".pq") or path.is_dir()
+    if not is_parquet and suffix not in (".csv", ".txt"):
+        raise RecordsError(f"{path}: unknown format {suffix!r}; use .parquet or .csv")
     try:
-        if suffix in (".parquet", ".pq") or path.is_dir():
-            df = pq.read_table(path).to_pandas()
-        elif suffix in (".csv", ".txt"):
-            df = pd.read_csv(path, encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first name
-        else:
-            raise RecordsError(f"{path}: unknown format {suffix!r}; use .parquet or .csv")
+        if is_parquet:
+            return _Input(path)
+        return _Input(pd.read_csv(path, encoding="utf-8-sig"))  # -sig: a byte-order mark is not part of a name
     except (OSError, pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        kind = "Parquet" if suffix in (".parquet", ".pq") or path.is_dir() else "CSV"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise RecordsError(f"{path}: cannot be read as {kind} ({first}); check the file") from None
-    if any(n is not None for n in df.index.names):
-        df = df.reset_index()
-    return df
+        raise RecordsError(f"{path}: cannot be read as {'Parquet' if is_parquet else 'CSV'} ({first}); "
+                           "check the file") from None
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a Parquet or CSV file (import formats) into pandas, as :func:`open_input` sees it."""
+    inp = open_input(path)
+    if inp.path is None:
+        return inp.data
+    cols = {c: inp.column(c) for c in inp.columns}
+    return pa.table({c: col.cast(pa.string()) if c in _NAME_COLUMNS else col for c, col in cols.items()}).to_pandas()
 
 
 def to_arrow(df: pd.DataFrame) -> pa.Table:
@@ -536,103 +847,128 @@ def _check_store_path(store: Path) -> None:
                                "records as well; import into that store itself or into a folder outside it")
 
 
-def _read_columns(f: Path, columns: list[str]) -> pd.DataFrame:
-    reason = verify_part(f)
-    if reason:
-        raise RecordsError(_damaged(reason))
-    try:
-        return pq.read_table(f, columns=columns).to_pandas()
-    except (OSError, pa.ArrowException, KeyError) as e:
-        raise RecordsError(f"{f}: cannot read columns {', '.join(columns)} ({e}); the file is damaged or is not a "
-                           "records shard: move it out of the store") from None
-
-
 def _damaged(reason: str) -> str:
     return (f"{reason}; the shard is damaged: delete it and its {MANIFEST_SUFFIX} (then rerun `cascade score`, "
             "which rescores missing shards, or re-import the records)")
 
 
-def _store_index(store: Path) -> dict[Path, pd.DataFrame]:
-    """For each Parquet file of a store: its (benchmark, split, model, query_id) rows."""
+def _file_keys(f: Path) -> dict[tuple[str, str, str], np.ndarray]:
+    """One file of a store: {(benchmark, split, model): its sorted distinct query ids} (verified first)."""
+    reason = verify_part(f)
+    if reason:
+        raise RecordsError(_damaged(reason))
+    columns = ["benchmark", "split", "model", "query_id"]
+    try:
+        have = set(pq.read_schema(f).names)
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise KeyError(", ".join(missing))
+        t = pq.ParquetFile(f, read_dictionary=[c for c in _NAME_COLUMNS]).read(columns=columns)
+    except (OSError, pa.ArrowException, KeyError) as e:
+        raise RecordsError(f"{f}: cannot read columns {', '.join(columns)} ({e}); the file is damaged or is not a "
+                           "records shard: move it out of the store") from None
+    if t.num_rows == 0:
+        return {}
+    (bc, bv), (sc, sv), (mc, mv) = (_names(t.column(c)) for c in _NAME_COLUMNS)
+    qid = _numpy(t.column("query_id"), pa.int64())
+    g = (bc.astype(np.int64) * len(sv) + sc) * len(mv) + mc
+    order = np.argsort(g, kind="stable")
+    counts = np.bincount(g, minlength=len(bv) * len(sv) * len(mv))
+    ends = np.cumsum(counts)
+    out = {}
+    for gi in np.flatnonzero(counts):
+        bs, m = divmod(int(gi), len(mv))
+        b, s = divmod(bs, len(sv))
+        out[(bv[b], sv[s], mv[m])] = np.unique(qid[order[ends[gi] - counts[gi]:ends[gi]]])
+    return out
+
+
+def _store_index(store: Path) -> dict[Path, dict[tuple[str, str, str], np.ndarray]]:
+    """For each Parquet file of a store: {(benchmark, split, model): sorted distinct query ids}."""
     if not store.is_dir():
         return {}
-    return {f: _read_columns(f, ["benchmark", "split", "model", "query_id"]) for f in parquet_files(store)}
+    return {f: _file_keys(f) for f in parquet_files(store)}
 
 
 def existing_groups(store: str | os.PathLike) -> set[tuple[str, str]]:
     """(benchmark, model) pairs already in a store, read from the files themselves."""
-    idx = _store_index(Path(store))
-    if not idx:
-        return set()
-    df = pd.concat([d[["benchmark", "model"]] for d in idx.values()]).drop_duplicates()
-    return set(map(tuple, df.itertuples(index=False, name=None)))
+    return {(b, m) for keys in _store_index(Path(store)).values() for b, _, m in keys}
 
 
-def _check_against_store(df: pd.DataFrame, held: pd.DataFrame, replaced: set[tuple[str, str]], store: Path) -> None:
+def _check_against_store(v: Validated, idx: Mapping[Path, Mapping], replaced: set[tuple[str, str]],
+                         store: Path) -> None:
     """Refuse names that differ from stored ones only by case, and models whose queries differ from the
     queries the store's other models of the same (benchmark, split) have."""
-    if held.empty:
+    held = [key for keys in idx.values() for key in keys]
+    if not held:
         return
-    kept = held[[(b, m) not in replaced for b, m in zip(held["benchmark"], held["model"])]]
-    for clash in _case_clashes(set(df["benchmark"]) | set(held["benchmark"])):
-        if set(clash) & set(df["benchmark"]):
+    new_b = set(v.names("benchmark"))
+    for clash in _case_clashes(new_b | {b for b, _, _ in held}):
+        if set(clash) & new_b:
             raise RecordsError(f"benchmark names {', '.join(map(repr, clash))} differ only by letter case ({store} "
                                "holds one of them); use the spelling the store has")
-    for bench, g in df.groupby("benchmark", sort=True):
-        h = held[held["benchmark"] == bench]
-        for col in ("split", "model"):
-            for clash in _case_clashes(set(g[col]) | set(h[col])):
-                if set(clash) & set(g[col]):
+    for bench in sorted(new_b):
+        for col, pos in (("split", 2), ("model", 1)):
+            new = {key[pos] for key in v.segments if key[0] == bench}
+            old = {(b, m, s)[pos] for b, s, m in held if b == bench}
+            for clash in _case_clashes(new | old):
+                if set(clash) & new:
                     raise RecordsError(f"{col} names {', '.join(map(repr, clash))} of benchmark {bench!r} differ "
                                        f"only by letter case ({store} holds one of them); use the spelling the "
                                        "store has")
-    for (bench, split), g in df.groupby(["benchmark", "split"], sort=True):
-        k = kept[(kept["benchmark"] == bench) & (kept["split"] == split)]
-        if k.empty:
+    kept: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
+    for keys in idx.values():
+        for (b, s, m), ids in keys.items():
+            if (b, m) not in replaced:
+                kept.setdefault((b, s), {}).setdefault(m, []).append(ids)
+    for bench, split in sorted({(b, s) for b, _, s in v.segments}):
+        k = kept.get((bench, split))
+        if not k:
             continue
-        ref = set(k["query_id"].tolist())
-        stored_models = ", ".join(sorted(k["model"].unique()))
-        for model, q in g.groupby("model", sort=True)["query_id"]:
-            have = set(q.tolist())
-            if have == ref:
+        arrays = [a for parts in k.values() for a in parts]
+        ref = arrays[0] if all(np.array_equal(arrays[0], a) for a in arrays[1:]) else np.unique(np.concatenate(arrays))
+        stored_models = ", ".join(sorted(k))
+        for model in sorted(m for b, m, s in v.segments if (b, s) == (bench, split)):
+            have = np.unique(v.ids(bench, model, split))
+            if np.array_equal(have, ref):
                 continue
-            extra = len(have - ref)
+            common = np.intersect1d(have, ref, assume_unique=True).size
+            extra = have.size - common
             more = f" and {extra} queries they lack" if extra else ""
             raise RecordsError(
-                f"model {model!r} has {len(have & ref)} of the {len(ref)} {split} queries of {bench} that {store} "
+                f"model {model!r} has {common} of the {ref.size} {split} queries of {bench} that {store} "
                 f"holds for {stored_models}{more}; every model of a split must cover the same queries: score the "
                 "missing ones, or replace the stored models with --overwrite"
             )
 
 
-def write_records(df: pd.DataFrame, store: str | os.PathLike, *, overwrite: bool = False) -> list[Path]:
-    """Add validated records to a store, one shard per (benchmark, model), holding the store's lock.
+def write_records(records: pd.DataFrame | Validated, store: str | os.PathLike, *, overwrite: bool = False) -> list[Path]:
+    """Add records to a store, one shard per (benchmark, model), holding the store's lock.
 
-    Refuses (before writing anything) to replace data already in the store unless ``overwrite``
-    (scored data is never lost silently), names that differ from stored ones only by letter case,
-    and a model whose query ids in a split differ from those of the models already stored there.
-    Shards are written with their manifests into a staging folder inside the store, then renamed.
-    With ``overwrite``, the files holding a replaced (benchmark, model) are found by their columns
-    (wherever they lie, also under folder names of older versions) and moved aside before the new
-    shards are renamed in, then deleted.
+    ``records``: a :class:`Validated` (from :func:`validate_table`) or a frame (validated here). Refuses
+    (before writing anything) to replace data already in the store unless ``overwrite`` (scored data is
+    never lost silently), names that differ from stored ones only by letter case, and a model whose query
+    ids in a split differ from those of the models already stored there. Shards are written with their
+    manifests into a staging folder inside the store, then renamed. With ``overwrite``, the files
+    holding a replaced (benchmark, model) are found by their columns (wherever they lie, also under
+    folder names of older versions) and moved aside before the new shards are renamed in, then deleted.
     """
     store = Path(store)
     _check_store_path(store)
-    groups = [(str(b), str(m)) for b, m in df[["benchmark", "model"]].drop_duplicates().itertuples(index=False)]
+    v = records if isinstance(records, Validated) else validate_table(records, source="records")
+    groups = v.groups()
     folders = {g: (folder_name(g[0], "benchmark"), folder_name(g[1], "model")) for g in groups}
     with store_lock(store):
         idx = _store_index(store)
-        held = (pd.concat(idx.values(), ignore_index=True) if idx
-                else pd.DataFrame(columns=["benchmark", "split", "model", "query_id"]))
-        stored = set(zip(held["benchmark"], held["model"]))
+        stored = {(b, m) for keys in idx.values() for b, _, m in keys}
         clash = stored & set(groups)
         if clash and not overwrite:
             names = ", ".join(f"{b}/{m}" for b, m in sorted(clash))
             raise RecordsError(f"{store}: already holds records for {names}; pass --overwrite to replace them")
-        _check_against_store(df, held, clash, store)
+        _check_against_store(v, idx, clash, store)
         old_files = []
-        for f, d in idx.items():
-            have = set(zip(d["benchmark"], d["model"]))
+        for f, keys in idx.items():
+            have = {(b, m) for b, _, m in keys}
             if have & clash:
                 if not have <= clash:
                     keep = ", ".join(f"{b}/{m}" for b, m in sorted(have - clash))
@@ -645,11 +981,9 @@ def write_records(df: pd.DataFrame, store: str | os.PathLike, *, overwrite: bool
         staged: list[tuple[Path, Path]] = []
         try:
             for g in groups:
-                bench, model = g
-                part = df[(df["benchmark"] == bench) & (df["model"] == model)].sort_values(["split", "query_id"])
                 name = f"part-{uuid.uuid4().hex[:12]}.parquet"
                 rel = Path(*folders[g], name)
-                staged.append((_write_shard(to_arrow(part), staging / rel), store / rel))
+                staged.append((_write_shard(v.table(v.group_rows(*g)), staging / rel), store / rel))
             # Replaced shards are moved aside (a hidden folder: no reader sees them) before the new ones go
             # in, so no reader ever sees both; an error puts everything back. Only a killed process can leave
             # <store>/.replaced-*/ behind (the old shards, kept rather than lost).
@@ -686,56 +1020,369 @@ def write_records(df: pd.DataFrame, store: str | os.PathLike, *, overwrite: bool
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@dataclass
+class Imported:
+    """What :func:`import_file` stored: rows, the written shards and models/queries per (benchmark, split)."""
+
+    rows: int
+    files: list[Path]
+    summary: pd.DataFrame
+
+
 def import_file(
     src: str | os.PathLike, store: str | os.PathLike, *, prices: PriceTable | None = None, overwrite: bool = False
-) -> pd.DataFrame:
-    """``cascade import``: read, validate and store. Writes nothing when the input is bad."""
+) -> Imported:
+    """``cascade import``: read, validate and store. Writes nothing when the input is bad.
+
+    Parquet input is validated in Arrow/numpy column by column (:func:`validate_table`), then written
+    shard by shard, so memory stays near the size of the input table."""
     _check_store_path(Path(store))
-    df = validate(read_table(src), prices=prices, source=str(src))
+    v = validate_table(open_input(src), prices=prices, source=str(src))
     try:
-        write_records(df, store, overwrite=overwrite)
+        files = write_records(v, store, overwrite=overwrite)
     except OSError as e:
         raise RecordsError(f"--out {store}: cannot write there ({e.strerror or e}: {e.filename}); pick a "
                            "writable folder with free space") from None
-    return df
+    return Imported(v.n, files, v.summary())
 
 
-def load(store: str | os.PathLike, *, benchmark: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a results store (or a single Parquet file) into pandas, optionally one benchmark.
+def _footer(f: Path) -> pq.FileMetaData:
+    """A Parquet file's footer (no hashing); one Arrow cannot read is reported as damaged, by name."""
+    try:
+        return pq.read_metadata(f)
+    except (OSError, pa.ArrowException) as e:
+        raise RecordsError(_damaged(verify_part(f) or f"{f}: not a readable Parquet file ({e})")) from None
 
-    Every shard with a manifest is verified first (:func:`verify_part`); a damaged shard raises
-    :class:`RecordsError` naming the file and the fix, as does a shard Arrow cannot read.
-    """
-    store = Path(store)
+
+def _store_files(store: Path) -> list[Path]:
     if not store.exists():
         raise RecordsError(f"{store}: no such results store")
     files = parquet_files(store)
     if not files:
         raise RecordsError(f"{store}: holds no records (no .parquet files)")
-    schemas = []
+    return files
+
+
+def _wanted(benchmark: str | None, splits, models) -> dict[str, set[str]]:
+    wanted = {}
+    if benchmark is not None:
+        wanted["benchmark"] = {benchmark}
+    if splits is not None:
+        wanted["split"] = set(splits)
+    if models is not None:
+        wanted["model"] = set(models)
+    return wanted
+
+
+def _row_groups(meta: pq.FileMetaData, wanted: Mapping[str, set[str]]) -> list[int]:
+    """The row groups of a file that may hold rows with the ``wanted`` names, from the footer's min/max
+    statistics of those columns (a row group without statistics may hold anything)."""
+    leaf = {meta.schema.column(j).name: j for j in range(meta.num_columns)}
+    keep = []
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        ok = True
+        for col, values in wanted.items():
+            j = leaf.get(col)
+            st = rg.column(j).statistics if j is not None else None
+            if st is None or not st.has_min_max:
+                continue
+            lo, hi = st.min, st.max
+            if isinstance(lo, bytes) or isinstance(hi, bytes):
+                try:
+                    lo, hi = bytes(lo).decode(), bytes(hi).decode()
+                except UnicodeDecodeError:
+                    continue
+            if isinstance(lo, str) and isinstance(hi, str) and not any(lo <= v <= hi for v in values):
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return keep
+
+
+def _scan(files: list[Path], metas: Mapping[Path, pq.FileMetaData], wanted: Mapping[str, set[str]],
+          columns: list[str]) -> Iterator[tuple[Path, pa.Table]]:
+    """The ``columns`` (those a file has) of the row groups that may hold ``wanted`` rows, file by file;
+    benchmark, split and model come dictionary-encoded. Only the files read are verified against their
+    manifests (:func:`verify_part`, a streamed sha256); a damaged one raises RecordsError naming it."""
     for f in files:
+        meta = metas[f]
+        rgs = _row_groups(meta, wanted) if wanted else list(range(meta.num_row_groups))
+        if not rgs:
+            continue
         reason = verify_part(f)
         if reason:
             raise RecordsError(_damaged(reason))
-        schemas.append(_plain_strings(pq.read_schema(f)))
-    # Shards written by different runs may carry different signal columns: read with the union schema
-    # (columns a shard lacks come back as nulls) instead of the first file's schema.
+        have = set(meta.schema.names)
+        try:
+            pf = pq.ParquetFile(f, read_dictionary=[c for c in _NAME_COLUMNS if c in have])
+            yield f, pf.read_row_groups(rgs, columns=[c for c in columns if c in have])
+        except (OSError, pa.ArrowException) as e:
+            raise RecordsError(_damaged(f"{f}: unreadable ({e})")) from None
+
+
+_NAME_COLUMNS = ("benchmark", "split", "model")
+
+
+def _union_schema(store: Path, schemas: Iterable[pa.Schema]) -> pa.Schema:
     try:
-        schema = pa.unify_schemas(schemas)
+        return pa.unify_schemas([_plain_strings(s) for s in schemas])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise RecordsError(f"{store}: shards disagree on column types ({e})") from e
-    dataset = pads.dataset([str(f) for f in files], format="parquet", schema=schema)
-    filt = (pads.field("benchmark") == benchmark) if benchmark is not None else None
+
+
+def load_table(store: str | os.PathLike, *, benchmark: str | None = None, columns: list[str] | None = None,
+               splits: Iterable[str] | None = None, models: Iterable[str] | None = None) -> pa.Table:
+    """Read a results store (or a single Parquet file) as an Arrow table: only ``columns`` (default all),
+    only rows of ``benchmark``, ``splits`` and ``models`` (default all), filters pushed down to Parquet.
+
+    Files whose footer statistics rule out every wanted row are skipped unread; every file read is
+    verified first (:func:`verify_part`): a damaged shard raises :class:`RecordsError` naming the file
+    and the fix, as does a shard Arrow cannot read. Shards carrying different signal columns are read
+    with the union of their columns (a column a shard lacks comes back as nulls)."""
+    store = Path(store)
+    files = _store_files(store)
+    metas = {f: _footer(f) for f in files}
+    schema = _union_schema(store, (m.schema.to_arrow_schema() for m in metas.values()))
+    wanted = _wanted(benchmark, splits, models)
+    chosen = [f for f in files if not wanted or _row_groups(metas[f], wanted)]
+    for f in chosen:
+        reason = verify_part(f)
+        if reason:
+            raise RecordsError(_damaged(reason))
+    filt = None
+    for col, values in wanted.items():
+        e = pads.field(col).isin(sorted(values)) if len(values) > 1 else pads.field(col) == next(iter(values))
+        filt = e if filt is None else filt & e
+    if not chosen:
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    dataset = pads.dataset([str(f) for f in chosen], format="parquet", schema=schema)
     try:
-        table = dataset.to_table(columns=columns, filter=filt)
+        return dataset.to_table(columns=columns, filter=filt)
     except (OSError, pa.ArrowException) as e:
-        for f in files:  # name the file Arrow could not read
+        for f in chosen:  # name the file Arrow could not read
             try:
                 pq.read_table(f, columns=columns)
             except (OSError, pa.ArrowException) as fe:
                 raise RecordsError(_damaged(f"{f}: unreadable ({fe})")) from None
         raise RecordsError(f"{store}: cannot read the records ({e})") from None
-    return table.to_pandas()
+
+
+def load(store: str | os.PathLike, *, benchmark: str | None = None, columns: list[str] | None = None,
+         splits: Iterable[str] | None = None, models: Iterable[str] | None = None) -> pd.DataFrame:
+    """:func:`load_table` as a pandas frame. For one cascade's arrays, :func:`load_cascade` reads far less."""
+    return load_table(store, benchmark=benchmark, columns=columns, splits=splits, models=models).to_pandas()
+
+
+@dataclass
+class StoreInfo:
+    """What a store holds, from its files' footers (nothing is hashed or read beyond them, except the
+    benchmark column of files whose statistics do not name a single benchmark)."""
+
+    path: Path
+    files: list[Path]
+    columns: list[str]
+    benchmarks: list[str]
+
+    @property
+    def signals(self) -> list[str]:
+        return signal_columns(self.columns)
+
+
+def describe(store: str | os.PathLike) -> StoreInfo:
+    """The files, columns (union over the files) and benchmarks (sorted) of a store or Parquet file."""
+    store = Path(store)
+    files = _store_files(store)
+    metas = {f: _footer(f) for f in files}
+    schema = _union_schema(store, (m.schema.to_arrow_schema() for m in metas.values()))
+    benches: set[str] = set()
+    unknown = []
+    for f, meta in metas.items():
+        one = _single_value(meta, "benchmark")
+        if one is None:
+            unknown.append(f)
+        elif one:
+            benches.add(one)
+    for _, t in _scan(unknown, metas, {}, ["benchmark"]):
+        if "benchmark" in t.column_names and t.num_rows:
+            benches.update(v for v in pc.unique(t.column("benchmark").cast(pa.string())).to_pylist() if v is not None)
+    return StoreInfo(store, files, schema.names, sorted(benches))
+
+
+def _single_value(meta: pq.FileMetaData, col: str) -> str | None:
+    """The one value of a string column in every row group, from the statistics; "" for a file without
+    rows; None when the statistics do not say (several values, no statistics, nulls)."""
+    leaf = {meta.schema.column(j).name: j for j in range(meta.num_columns)}
+    if col not in leaf:
+        return None
+    seen = set()
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        st = rg.column(leaf[col]).statistics
+        if st is None or not st.has_min_max or st.min != st.max or (st.has_null_count and st.null_count):
+            return None
+        seen.add(st.min if isinstance(st.min, str) else bytes(st.min).decode(errors="replace"))
+    if len(seen) > 1:
+        return None
+    return seen.pop() if seen else ""
+
+
+class _Pieces:
+    """Rows of ``models`` in ``splits`` gathered table by table, then aligned into :class:`CascadeData`."""
+
+    def __init__(self, models: list[str], splits: list[str], signal: str, benchmark: str | None):
+        self.models, self.splits, self.signal, self.benchmark = list(models), list(splits), signal, benchmark
+        self.parts: dict[tuple[int, int], list[tuple[np.ndarray, ...]]] = {}
+        self.benches: dict[int, set[str]] = {}
+        self.ok = True
+
+    def add(self, t: pa.Table) -> None:
+        names = t.column_names
+        if not all(c in names for c in ("split", "model", "query_id")) or (
+                self.benchmark is not None and "benchmark" not in names):
+            self.ok = False
+            return
+        n, k = t.num_rows, len(self.models)
+        if n == 0:
+            return
+        mc, mv = _names(t.column("model"))
+        sc, sv = _names(t.column("split"))
+        mlut = np.array([self.models.index(v) if v in self.models else -1 for v in mv], np.int64)
+        slut = np.array([self.splits.index(v) if v in self.splits else -1 for v in sv], np.int64)
+        mj, sj = mlut[mc], slut[sc]
+        keep = (mj >= 0) & (sj >= 0)
+        bc = bv = None
+        if "benchmark" in names:
+            bc, bv = _names(t.column("benchmark"))
+            if self.benchmark is not None:
+                keep &= np.array([v == self.benchmark for v in bv], bool)[bc]
+        if not keep.any():
+            return
+        rows = np.flatnonzero(keep)
+        g = (sj[rows] * k + mj[rows]).astype(_small_int(len(self.splits) * k))
+        order = rows[np.argsort(g, kind="stable")]
+        counts = np.bincount(g, minlength=len(self.splits) * k)
+        ends = np.cumsum(counts)
+        qid = _numpy(t.column("query_id"), pa.int64())
+        cols = [_numpy(t.column(c), pa.float64()) if c in names else np.full(n, np.nan)
+                for c in (self.signal, "correct", "cost")]
+        for gi in np.flatnonzero(counts):
+            sel = order[ends[gi] - counts[gi]:ends[gi]]
+            s, j = divmod(int(gi), k)
+            self.parts.setdefault((s, j), []).append((qid[sel], *(c[sel] for c in cols)))
+            if bc is not None and self.benchmark is None:
+                self.benches.setdefault(s, set()).update(bv[i] for i in np.unique(bc[sel]))
+
+    def assemble(self) -> dict[str, CascadeData] | None:
+        """The aligned arrays per split, or None when anything is off (a split or model without rows,
+        several benchmarks, a duplicate, a missing signal, models with different queries): the caller
+        then names the problem (:func:`_cascade_data_pandas`)."""
+        if not self.ok or any(len(b) > 1 for b in self.benches.values()):
+            return None
+        k, out = len(self.models), {}
+        for si, split in enumerate(self.splits):
+            q0 = arrays = None
+            for j in range(k):
+                parts = self.parts.pop((si, j), None)
+                if not parts:
+                    return None
+                q, sig, cor, cost = (np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts))
+                del parts
+                if len(q) > 1 and not (q[1:] > q[:-1]).all():
+                    p = np.argsort(q, kind="stable")
+                    q, sig, cor, cost = q[p], sig[p], cor[p], cost[p]
+                    if (q[1:] == q[:-1]).any():
+                        return None
+                if np.isnan(sig).any():
+                    return None
+                if j == 0:
+                    q0 = q
+                    arrays = [np.empty((len(q), k)) for _ in range(3)]
+                elif not np.array_equal(q, q0):
+                    return None
+                for a, v in zip(arrays, (sig, cor, cost)):
+                    a[:, j] = v
+            out[split] = CascadeData(list(self.models), q0, *arrays)
+        return out
+
+
+def _names(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """:func:`_encode` of a name column of any type; a missing name becomes "" (which names nothing)."""
+    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)) or col.null_count:
+        col = col.cast(pa.string()).fill_null("")
+    return _encode(col)
+
+
+def _numpy(col: pa.ChunkedArray, typ: pa.DataType) -> np.ndarray:
+    if col.type != typ:
+        col = col.cast(typ)
+    return col.to_numpy()  # nulls come back as NaN (floats)
+
+
+def load_cascade(store: str | os.PathLike, models: list[str], splits: Iterable[str] = ("train", "test"), *,
+                 signal: str = DEFAULT_SIGNAL, benchmark: str | None = None) -> dict[str, CascadeData]:
+    """:func:`cascade_data` of every split in ``splits``, straight from a store: split -> CascadeData.
+
+    Reads only the columns a cascade needs (benchmark, split, model, query_id, ``signal``, correct, cost)
+    of the files and row groups whose statistics allow rows of ``benchmark``, ``splits`` and ``models``;
+    only those files are verified against their manifests. The (n, k) arrays are built per model from
+    query ids sorted once, without a pandas pivot. Refuses exactly what :func:`cascade_data` refuses,
+    with the same messages (and a damaged shard anywhere in the store, by name, before them)."""
+    store = Path(store)
+    models, splits = list(models), list(splits)
+    files = _store_files(store)
+    metas = {f: _footer(f) for f in files}
+    schema = _union_schema(store, (m.schema.to_arrow_schema() for m in metas.values()))
+    if signal not in schema.names:
+        have = ", ".join(signal_columns(schema.names)) or "none"
+        raise RecordsError(f"signal {signal!r} is not in the records (signals: {have})")
+    acc = _Pieces(models, splits, signal, benchmark)
+    columns = ["benchmark", "split", "model", "query_id", signal, "correct", "cost"]
+    for _, t in _scan(files, metas, _wanted(benchmark, splits, models), columns):
+        acc.add(t)
+        del t
+    out = acc.assemble()
+    if out is not None:
+        return out
+    for f in files:  # a shard skipped as irrelevant may be the damaged reason: name it first
+        reason = verify_part(f)
+        if reason:
+            raise RecordsError(_damaged(reason))
+    df = load(store, benchmark=benchmark, columns=columns)
+    for split in splits:
+        _cascade_data_pandas(df, models, split, signal=signal, benchmark=benchmark)
+    raise RecordsError(f"{store}: the records of {', '.join(models)} in splits {', '.join(splits)} could not be "
+                       "aligned; check the store with `cascade import` validation")
+
+
+def mean_costs(store: str | os.PathLike, split: str, *, benchmark: str | None = None) -> dict[str, float]:
+    """Mean ``cost`` per model on ``split`` (of ``benchmark``), reading only those columns: the same
+    numbers as ``load(store)`` filtered to the split, grouped by model (pandas, rows in store order)."""
+    store = Path(store)
+    files = _store_files(store)
+    metas = {f: _footer(f) for f in files}
+    names: list[str] = []
+    codes, costs = [], []
+    for _, t in _scan(files, metas, _wanted(benchmark, [split], None), ["benchmark", "split", "model", "cost"]):
+        keep = np.ones(t.num_rows, bool)
+        for col, value in (("split", split), ("benchmark", benchmark)):
+            if value is not None:
+                c, v = _names(t.column(col))
+                keep &= np.array([x == value for x in v], bool)[c]
+        mc, mv = _names(t.column("model"))
+        lut = np.array([names.index(m) if m in names else (names.append(m) or len(names) - 1) for m in mv], np.int64)
+        codes.append(lut[mc][keep])
+        costs.append(_numpy(t.column("cost"), pa.float64())[keep])
+    if not names:
+        return {}
+    means = pd.Series(np.concatenate(costs)).groupby(np.concatenate(codes)).mean()
+    return {names[i]: float(v) for i, v in sorted(means.items(), key=lambda kv: names[kv[0]])}
 
 
 def _plain_strings(schema: pa.Schema) -> pa.Schema:
@@ -798,16 +1445,49 @@ class CascadeData:
     def with_confidence(self, confidence: np.ndarray) -> "CascadeData":
         return CascadeData(self.models, self.query_id, np.asarray(confidence, float), self.correct, self.cost)
 
+    def select(self, models: list[str]) -> "CascadeData":
+        """The columns of ``models`` (a sub-cascade, in the order given); same queries."""
+        idx = [self.models.index(m) for m in models]
+        return CascadeData(list(models), self.query_id, self.confidence[:, idx], self.correct[:, idx],
+                           self.cost[:, idx])
+
 
 def cascade_data(
+    df: pd.DataFrame | pa.Table, models: list[str], split: str, *, signal: str = DEFAULT_SIGNAL,
+    benchmark: str | None = None
+) -> CascadeData:
+    """Align records of one split into (n, k) arrays for the models in cascade order (rows sorted by query id).
+
+    ``df``: records as a pandas frame or an Arrow table (e.g. from :func:`load_table`). Refuses
+    (RecordsError) rather than silently using a subset: models without records in the split, records of
+    several benchmarks when ``benchmark`` is not given, a model whose ``signal`` is missing (null or
+    NaN) for some queries, and models that do not all have the same queries of the split. The arrays
+    are built with Arrow and numpy (query ids sorted per model); the problems are named by
+    :func:`_cascade_data_pandas`. To read a store for one cascade, :func:`load_cascade` reads less."""
+    columns = list(df.column_names if isinstance(df, pa.Table) else df.columns)
+    if signal not in columns:
+        have = ", ".join(signal_columns(columns)) or "none"
+        raise RecordsError(f"signal {signal!r} is not in the records (signals: {have})")
+    need = [c for c in ("benchmark", "split", "model", "query_id", signal, "correct", "cost") if c in columns]
+    out = None
+    try:
+        table = df.select(need) if isinstance(df, pa.Table) else pa.Table.from_pandas(df[need], preserve_index=False)
+        acc = _Pieces(models, [split], signal, benchmark)
+        acc.add(table)
+        out = acc.assemble()
+    except (pa.ArrowException, TypeError, ValueError):
+        pass  # values Arrow cannot take as they are: the pandas path below decides
+    if out is not None:
+        return out[split]
+    frame = df.to_pandas() if isinstance(df, pa.Table) else df
+    return _cascade_data_pandas(frame, models, split, signal=signal, benchmark=benchmark)
+
+
+def _cascade_data_pandas(
     df: pd.DataFrame, models: list[str], split: str, *, signal: str = DEFAULT_SIGNAL, benchmark: str | None = None
 ) -> CascadeData:
-    """Pivot records of one split into aligned (n, k) arrays for the models in cascade order.
-
-    Refuses (RecordsError) rather than silently using a subset: models without records in the split,
-    records of several benchmarks when ``benchmark`` is not given, a model whose ``signal`` is missing
-    (null) for some queries, and models that do not all have the same queries of the split.
-    """
+    """:func:`cascade_data` with pandas (a pivot): the reference its fast path agrees with, and the code
+    that names what is wrong when the fast path finds the records cannot be aligned."""
     if benchmark is not None:
         df = df[df["benchmark"] == benchmark]
     if signal not in df.columns:

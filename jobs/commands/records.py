@@ -24,8 +24,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     prices = records.PriceTable.from_file(args.prices) if args.prices else None
-    df = records.import_file(args.file, args.out, prices=prices, overwrite=args.overwrite)
-    summary = df.groupby(["benchmark", "split"]).agg(models=("model", "nunique"), queries=("query_id", "nunique"))
-    print(f"imported {len(df)} records into {args.out}")
-    print(summary.to_string())
+    done = records.import_file(args.file, args.out, prices=prices, overwrite=args.overwrite)
+    print(f"imported {done.rows} records into {args.out}")
+    print(done.summary.to_string())
     return 0
