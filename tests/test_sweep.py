@@ -330,3 +330,54 @@ def test_dry_run_with_a_scoring_stage(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "would score" in out and "1 cells, 0 already finished, 1 to run" in out
     assert not (tmp_path / "scored").exists() and not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.slow
+def test_tracking_failure_mid_sweep_keeps_outputs_then_log_and_rerun_finish(tmp_path, capsys):
+    """The store accepts the sweep's parent but fails on the first cell's artifacts: the sweep stops submitting,
+    keeps the outputs of the cells that ran, exits 3 with one line naming `cascade log`; that command logs them
+    (tagged with their cell keys) and a rerun runs only the remaining cells: every cell exactly once."""
+    import mlflow
+    import ray
+
+    import tracking
+    from jobs import cli
+    from jobs import sweep as J
+
+    db = tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
+    spec = _spec(tmp_path)
+    keys = {c.key for c in S.expand(S.load_spec(spec))}
+    exp_id = tracking.configure(uri, "sweep-tiny")
+    client = mlflow.MlflowClient(uri)
+    parent = client.create_run(exp_id, tags={"cascade.kind": "parent",
+                                             "cascade.sweep_key": J._sweep_key(S.load_spec(spec))})
+    client.set_terminated(parent.info.run_id)
+    art = tmp_path / "mlartifacts" / "sweep-tiny"
+    shutil.rmtree(art, ignore_errors=True)
+    art.parent.mkdir(parents=True, exist_ok=True)
+    art.write_text("the artifact store is broken")
+    try:
+        capsys.readouterr()
+        rc = cli.main(["sweep", str(spec), "--tracking-uri", uri, "--no-progress", "--jobs", "1"])
+        cap = capsys.readouterr()
+        assert rc == 3, cap.err[-3000:]
+        lines = [ln for ln in cap.err.splitlines() if "tracking failed" in ln]
+        assert len(lines) == 1 and "Traceback" not in cap.err
+        out_root = tmp_path / "out" / "sweep-tiny"
+        assert f"cascade log {out_root} --experiment sweep-tiny" in lines[0]
+        kept = [p.parent.name for p in out_root.glob("*/summary.json")]
+        assert kept and set(kept) <= keys
+        assert _finished(db, "sweep-tiny") == []
+        assert mlflow.active_run() is None
+        art.unlink()  # the store is fixed
+        assert cli.main(["log", str(out_root), "--experiment", "sweep-tiny", "--tracking-uri", uri]) == 0
+        assert sorted(_finished(db, "sweep-tiny")) == sorted(kept)
+        capsys.readouterr()
+        assert cli.main(["sweep", str(spec), "--tracking-uri", uri, "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert f"{len(kept)} already finished, {len(keys) - len(kept)} to run" in out
+        assert sorted(_finished(db, "sweep-tiny")) == sorted(keys)  # every cell exactly once
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
