@@ -1103,25 +1103,29 @@ def _row_groups(meta: pq.FileMetaData, wanted: Mapping[str, set[str]]) -> list[i
     return keep
 
 
+def _read(f: Path, meta: pq.FileMetaData, row_groups: list[int], columns: list[str]) -> pa.Table:
+    """``columns`` (those the file has) of some row groups of a file, verified first against its manifest
+    (:func:`verify_part`, a streamed sha256): a damaged file raises RecordsError naming it. Benchmark,
+    split and model come dictionary-encoded."""
+    reason = verify_part(f)
+    if reason:
+        raise RecordsError(_damaged(reason))
+    have = set(meta.schema.names)
+    try:
+        pf = pq.ParquetFile(f, read_dictionary=[c for c in _NAME_COLUMNS if c in have and c in columns])
+        return pf.read_row_groups(row_groups, columns=[c for c in columns if c in have])
+    except (OSError, pa.ArrowException) as e:
+        raise RecordsError(_damaged(f"{f}: unreadable ({e})")) from None
+
+
 def _scan(files: list[Path], metas: Mapping[Path, pq.FileMetaData], wanted: Mapping[str, set[str]],
           columns: list[str]) -> Iterator[tuple[Path, pa.Table]]:
-    """The ``columns`` (those a file has) of the row groups that may hold ``wanted`` rows, file by file;
-    benchmark, split and model come dictionary-encoded. Only the files read are verified against their
-    manifests (:func:`verify_part`, a streamed sha256); a damaged one raises RecordsError naming it."""
+    """The ``columns`` of the row groups that may hold ``wanted`` rows, file by file (:func:`_read`): only
+    the files read are verified."""
     for f in files:
-        meta = metas[f]
-        rgs = _row_groups(meta, wanted) if wanted else list(range(meta.num_row_groups))
-        if not rgs:
-            continue
-        reason = verify_part(f)
-        if reason:
-            raise RecordsError(_damaged(reason))
-        have = set(meta.schema.names)
-        try:
-            pf = pq.ParquetFile(f, read_dictionary=[c for c in _NAME_COLUMNS if c in have])
-            yield f, pf.read_row_groups(rgs, columns=[c for c in columns if c in have])
-        except (OSError, pa.ArrowException) as e:
-            raise RecordsError(_damaged(f"{f}: unreadable ({e})")) from None
+        rgs = _row_groups(metas[f], wanted) if wanted else list(range(metas[f].num_row_groups))
+        if rgs:
+            yield f, _read(f, metas[f], rgs, columns)
 
 
 _NAME_COLUMNS = ("benchmark", "split", "model")
@@ -1233,82 +1237,133 @@ def _single_value(meta: pq.FileMetaData, col: str) -> str | None:
 
 
 class _Pieces:
-    """Rows of ``models`` in ``splits`` gathered table by table, then aligned into :class:`CascadeData`."""
+    """Rows of ``models`` in ``splits``, gathered table by table and aligned into :class:`CascadeData`.
+
+    :meth:`add` takes one table (a file's row groups); a name column the caller knows to be constant
+    (from the file's statistics) may be left out of the table and given in ``const``. Rows of one
+    (split, model) that lie together in the table are kept as views, others are gathered. A model is
+    :meth:`finish`-ed as soon as every table that may hold it was added: its rows are sorted by query
+    id once and copied into the (n, k) arrays, so at most one model's rows wait at a time when files
+    hold one model each. Anything that prevents aligning (a split or model without rows, several
+    benchmarks, a duplicate, a missing signal, models with different queries) sets ``ok`` to False;
+    the caller then names the problem (:func:`_cascade_data_pandas`)."""
 
     def __init__(self, models: list[str], splits: list[str], signal: str, benchmark: str | None):
         self.models, self.splits, self.signal, self.benchmark = list(models), list(splits), signal, benchmark
         self.parts: dict[tuple[int, int], list[tuple[np.ndarray, ...]]] = {}
         self.benches: dict[int, set[str]] = {}
+        self.out: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self.finished: set[int] = set()
         self.ok = True
 
-    def add(self, t: pa.Table) -> None:
-        names = t.column_names
-        if not all(c in names for c in ("split", "model", "query_id")) or (
-                self.benchmark is not None and "benchmark" not in names):
+    def _codes(self, t: pa.Table, col: str, const: Mapping[str, str], wanted: list[str] | None):
+        """Per row: the position of the row's ``col`` value in ``wanted`` (-1: not wanted), or a scalar
+        for a constant column; with ``wanted`` None, the (codes, values) of the column."""
+        if col in const:
+            v = const[col]
+            return (np.int64(wanted.index(v) if v in wanted else -1)) if wanted is not None else (None, [v])
+        codes, values = _names(t.column(col))
+        if wanted is None:
+            return codes, values
+        lut = np.array([wanted.index(v) if v in wanted else -1 for v in values], np.int64)
+        return lut[codes]
+
+    def add(self, t: pa.Table, const: Mapping[str, str] = {}) -> None:
+        names = set(t.column_names) | set(const)
+        if not self.ok:
+            return
+        if not {"split", "model", "query_id"} <= names or (self.benchmark is not None and "benchmark" not in names):
             self.ok = False
             return
-        n, k = t.num_rows, len(self.models)
+        n, k, ns = t.num_rows, len(self.models), len(self.splits)
         if n == 0:
             return
-        mc, mv = _names(t.column("model"))
-        sc, sv = _names(t.column("split"))
-        mlut = np.array([self.models.index(v) if v in self.models else -1 for v in mv], np.int64)
-        slut = np.array([self.splits.index(v) if v in self.splits else -1 for v in sv], np.int64)
-        mj, sj = mlut[mc], slut[sc]
-        keep = (mj >= 0) & (sj >= 0)
+        sg = self._codes(t, "split", const, self.splits)
+        mg = self._codes(t, "model", const, self.models)
+        valid = (sg >= 0) & (mg >= 0)
         bc = bv = None
         if "benchmark" in names:
-            bc, bv = _names(t.column("benchmark"))
+            bc, bv = self._codes(t, "benchmark", const, None)
             if self.benchmark is not None:
-                keep &= np.array([v == self.benchmark for v in bv], bool)[bc]
-        if not keep.any():
+                inb = np.array([v == self.benchmark for v in bv], bool)
+                valid = valid & (inb[0] if bc is None else inb[bc])
+        if np.ndim(valid) == 0 and not valid:
             return
-        rows = np.flatnonzero(keep)
-        g = (sj[rows] * k + mj[rows]).astype(_small_int(len(self.splits) * k))
-        order = rows[np.argsort(g, kind="stable")]
-        counts = np.bincount(g, minlength=len(self.splits) * k)
-        ends = np.cumsum(counts)
+        none = ns * k  # the group of rows not wanted
+        g = np.broadcast_to(np.where(valid, sg * k + mg, none), (n,)).astype(_small_int(none + 1))
+        # the rows of each group: a slice when the group is one run of rows, else from one stable sort
+        edges = np.flatnonzero(g[1:] != g[:-1]) + 1
+        starts = np.concatenate([[0], edges])
+        ends = np.concatenate([edges, [n]])
+        gv = g[starts]
+        wanted = gv < none
+        spans: dict[int, np.ndarray | slice] = {}
+        if len(np.unique(gv[wanted])) == int(wanted.sum()):
+            for a, z, gi in zip(starts[wanted], ends[wanted], gv[wanted]):
+                spans[int(gi)] = slice(int(a), int(z))
+        else:
+            order = np.argsort(g, kind="stable")
+            counts = np.bincount(g, minlength=none + 1)
+            cum = np.cumsum(counts)
+            for gi in np.flatnonzero(counts[:none]):
+                spans[int(gi)] = order[cum[gi] - counts[gi]:cum[gi]]
+        if not spans:
+            return
         qid = _numpy(t.column("query_id"), pa.int64())
-        cols = [_numpy(t.column(c), pa.float64()) if c in names else np.full(n, np.nan)
+        cols = [_numpy(t.column(c), pa.float64()) if c in t.column_names else np.full(n, np.nan)
                 for c in (self.signal, "correct", "cost")]
-        for gi in np.flatnonzero(counts):
-            sel = order[ends[gi] - counts[gi]:ends[gi]]
-            s, j = divmod(int(gi), k)
+        for gi, sel in spans.items():
+            s, j = divmod(gi, k)
+            if j in self.finished:
+                self.ok = False  # a table came after its model was finished: the caller's order was wrong
+                return
             self.parts.setdefault((s, j), []).append((qid[sel], *(c[sel] for c in cols)))
-            if bc is not None and self.benchmark is None:
-                self.benches.setdefault(s, set()).update(bv[i] for i in np.unique(bc[sel]))
+            if bv is not None and self.benchmark is None:
+                self.benches.setdefault(s, set()).update(bv if bc is None else (bv[i] for i in np.unique(bc[sel])))
+                if len(self.benches[s]) > 1:
+                    self.ok = False
+
+    def finish(self, j: int) -> None:
+        """Model ``j`` is complete: align its rows of every split into the output arrays."""
+        self.finished.add(j)
+        k = len(self.models)
+        for si in range(len(self.splits)):
+            if not self.ok:
+                return
+            parts = self.parts.pop((si, j), None)
+            if not parts:
+                self.ok = False
+                return
+            q, sig, cor, cost = (np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts))
+            del parts
+            if len(q) > 1 and not (q[1:] > q[:-1]).all():
+                p = np.argsort(q, kind="stable")
+                q, sig, cor, cost = q[p], sig[p], cor[p], cost[p]
+                if (q[1:] == q[:-1]).any():
+                    self.ok = False
+                    return
+            if np.isnan(sig).any():
+                self.ok = False
+                return
+            if si not in self.out:
+                # column-major, as the pandas pivot gave: reductions over queries add in the same order
+                self.out[si] = (q.copy(), [np.empty((len(q), k), order="F") for _ in range(3)])
+            q0, arrays = self.out[si]
+            if not np.array_equal(q, q0):
+                self.ok = False
+                return
+            for a, v in zip(arrays, (sig, cor, cost)):
+                a[:, j] = v
 
     def assemble(self) -> dict[str, CascadeData] | None:
-        """The aligned arrays per split, or None when anything is off (a split or model without rows,
-        several benchmarks, a duplicate, a missing signal, models with different queries): the caller
-        then names the problem (:func:`_cascade_data_pandas`)."""
-        if not self.ok or any(len(b) > 1 for b in self.benches.values()):
+        """The aligned arrays per split (finishing the models not finished yet), or None if not ``ok``."""
+        for j in range(len(self.models)):
+            if j not in self.finished:
+                self.finish(j)
+        if not self.ok or len(self.out) != len(self.splits):
             return None
-        k, out = len(self.models), {}
-        for si, split in enumerate(self.splits):
-            q0 = arrays = None
-            for j in range(k):
-                parts = self.parts.pop((si, j), None)
-                if not parts:
-                    return None
-                q, sig, cor, cost = (np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts))
-                del parts
-                if len(q) > 1 and not (q[1:] > q[:-1]).all():
-                    p = np.argsort(q, kind="stable")
-                    q, sig, cor, cost = q[p], sig[p], cor[p], cost[p]
-                    if (q[1:] == q[:-1]).any():
-                        return None
-                if np.isnan(sig).any():
-                    return None
-                if j == 0:
-                    q0 = q
-                    arrays = [np.empty((len(q), k)) for _ in range(3)]
-                elif not np.array_equal(q, q0):
-                    return None
-                for a, v in zip(arrays, (sig, cor, cost)):
-                    a[:, j] = v
-            out[split] = CascadeData(list(self.models), q0, *arrays)
-        return out
+        return {split: CascadeData(list(self.models), *self.out[si][:1], *self.out[si][1])
+                for si, split in enumerate(self.splits)}
 
 
 def _names(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
@@ -1342,11 +1397,28 @@ def load_cascade(store: str | os.PathLike, models: list[str], splits: Iterable[s
     if signal not in schema.names:
         have = ", ".join(signal_columns(schema.names)) or "none"
         raise RecordsError(f"signal {signal!r} is not in the records (signals: {have})")
-    acc = _Pieces(models, splits, signal, benchmark)
     columns = ["benchmark", "split", "model", "query_id", signal, "correct", "cost"]
-    for _, t in _scan(files, metas, _wanted(benchmark, splits, models), columns):
-        acc.add(t)
-        del t
+    wanted = _wanted(benchmark, splits, models)
+    plan = []  # (file, row groups, name columns constant in the file, models it may hold)
+    for f in files:
+        rgs = _row_groups(metas[f], wanted)
+        if not rgs:
+            continue
+        const = {c: v for c in _NAME_COLUMNS if (v := _single_value(metas[f], c))}
+        holds = ({models.index(const["model"])} if const["model"] in models else set()) if "model" in const \
+            else set(range(len(models)))
+        plan.append((f, rgs, const, holds))
+    plan.sort(key=lambda p: (len(p[3]) == 1, min(p[3], default=-1)))  # mixed files first, then model by model
+    left = {j: sum(j in p[3] for p in plan) for j in range(len(models))}
+    acc = _Pieces(models, splits, signal, benchmark)
+    for f, rgs, const, holds in plan:
+        acc.add(_read(f, metas[f], rgs, [c for c in columns if c not in const]), const)
+        for j in sorted(holds):
+            left[j] -= 1
+            if left[j] == 0 and acc.ok:
+                acc.finish(j)
+        if not acc.ok:
+            break
     out = acc.assemble()
     if out is not None:
         return out
