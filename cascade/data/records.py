@@ -1390,7 +1390,9 @@ def load_cascade(store: str | os.PathLike, models: list[str], splits: Iterable[s
     query ids sorted once, without a pandas pivot. Refuses exactly what :func:`cascade_data` refuses,
     with the same messages (and a damaged shard anywhere in the store, by name, before them)."""
     store = Path(store)
-    models, splits = list(models), list(splits)
+    models, splits = list(models), list(dict.fromkeys(splits))
+    if len(set(models)) != len(models):
+        raise RecordsError(f"models {models} list a model twice")
     files = _store_files(store)
     metas = {f: _footer(f) for f in files}
     schema = _union_schema(store, (m.schema.to_arrow_schema() for m in metas.values()))
@@ -1520,22 +1522,36 @@ class CascadeData:
     def select(self, models: list[str]) -> "CascadeData":
         """The columns of ``models`` (a sub-cascade, in the order given); same queries."""
         idx = [self.models.index(m) for m in models]
-        return CascadeData(list(models), self.query_id, self.confidence[:, idx], self.correct[:, idx],
-                           self.cost[:, idx])
+        return CascadeData(list(models), self.query_id, *(np.asfortranarray(a[:, idx]) for a in
+                                                         (self.confidence, self.correct, self.cost)))
+
+
+def _from_loaded(data: Mapping[str, CascadeData], models: list[str], split: str) -> CascadeData:
+    if split not in data:
+        raise RecordsError(f"split {split!r} was not loaded (loaded: {', '.join(data)}); pass it to load_cascade")
+    d = data[split]
+    lacking = [m for m in models if m not in d.models]
+    if lacking:
+        raise RecordsError(f"model(s) {', '.join(lacking)} were not loaded (loaded: {', '.join(d.models)}); pass "
+                           "them to load_cascade")
+    return d if list(models) == d.models else d.select(models)
 
 
 def cascade_data(
-    df: pd.DataFrame | pa.Table, models: list[str], split: str, *, signal: str = DEFAULT_SIGNAL,
-    benchmark: str | None = None
+    df: pd.DataFrame | pa.Table | Mapping[str, CascadeData], models: list[str], split: str, *,
+    signal: str = DEFAULT_SIGNAL, benchmark: str | None = None
 ) -> CascadeData:
     """Align records of one split into (n, k) arrays for the models in cascade order (rows sorted by query id).
 
-    ``df``: records as a pandas frame or an Arrow table (e.g. from :func:`load_table`). Refuses
+    ``df``: records as a pandas frame or an Arrow table (e.g. from :func:`load_table`), or what
+    :func:`load_cascade` returned (split -> CascadeData; the models' columns are then picked). Refuses
     (RecordsError) rather than silently using a subset: models without records in the split, records of
     several benchmarks when ``benchmark`` is not given, a model whose ``signal`` is missing (null or
     NaN) for some queries, and models that do not all have the same queries of the split. The arrays
     are built with Arrow and numpy (query ids sorted per model); the problems are named by
     :func:`_cascade_data_pandas`. To read a store for one cascade, :func:`load_cascade` reads less."""
+    if isinstance(df, Mapping):
+        return _from_loaded(df, models, split)
     columns = list(df.column_names if isinstance(df, pa.Table) else df.columns)
     if signal not in columns:
         have = ", ".join(signal_columns(columns)) or "none"
