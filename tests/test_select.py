@@ -242,6 +242,16 @@ def test_select_tracking(selected, tmp_path, capsys):
     assert "full_chain.auc_frontier" in parent.data.metrics and "frontier_test_auc" in parent.data.metrics
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"frontier.png", "frontier_table.json", "answer.txt"} <= arts
+    # inside another run (the demo's): the selection is a nested run there, its sub-cascades nested under it
+    import tracking
+    from tracking.select import log_selection
+
+    with tracking.parent_run("sel", "demo", uri=f"sqlite:///{db}") as demo:
+        sel_id = log_selection(out, experiment="sel", uri=f"sqlite:///{db}")
+    run = client.get_run(sel_id)
+    assert run.data.tags.get("mlflow.parentRunId") == demo.info.run_id and run.data.tags["cascade.kind"] == "select"
+    kids = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sel_id}'")
+    assert len(kids) == 3
     # a store that cannot be written: exit 3, the results stay on disk
     bad = tmp_path / "afile"
     bad.write_text("x")

@@ -4,14 +4,16 @@ through :func:`tracking.log_tune_dir`). Everything logged is read from the writt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from .mlflow_log import log_summary, log_tune_dir, parent_run
-from .store import guard, write_lock
+from .store import configure, guard, write_lock
 
 
 def selection_metrics(summary: dict) -> dict:
@@ -43,10 +45,43 @@ def frontier_table(frontier: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+@contextlib.contextmanager
+def _selection_run(experiment: str, name: str, params: dict, tags: dict, uri: str | None, parent_run_id: str | None):
+    """The selection's run: a parent run of its own, or, inside an active run (the demo's) or under
+    ``parent_run_id``, a nested run there."""
+    import mlflow
+
+    if parent_run_id is None and mlflow.active_run() is None:
+        with parent_run(experiment, name, params=params, tags=tags, uri=uri) as run:
+            yield run
+        return
+    if mlflow.active_run() is None:
+        configure(uri, experiment)
+    with guard(f"starting the selection run {name!r}"), write_lock():
+        active = mlflow.active_run()
+        if active is not None and parent_run_id in (None, active.info.run_id):
+            ctx = mlflow.start_run(run_name=name, nested=True, tags={k: str(v) for k, v in tags.items()})
+        else:
+            ctx = mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags={k: str(v) for k, v in tags.items()})
+        run = ctx.__enter__()
+    try:
+        with guard(f"logging the parameters of {name!r}"), write_lock():
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        yield run
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ctx.__exit__(*sys.exc_info())
+        raise
+    with guard(f"ending the selection run {name!r}"), write_lock():
+        ctx.__exit__(None, None, None)
+
+
 def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | None = None, records_path=None,
-                  records_df: pd.DataFrame | None = None, run_name: str | None = None) -> str:
-    """Log a written ``cascade select --out DIR``; returns the parent run id. Raises
-    :class:`tracking.TrackingUnavailable` when the store fails (the folder on disk is untouched)."""
+                  records_df: pd.DataFrame | None = None, run_name: str | None = None,
+                  parent_run_id: str | None = None) -> str:
+    """Log a written ``cascade select --out DIR``; returns the selection run's id: a parent run, or a run
+    nested under ``parent_run_id`` / the active run (e.g. the demo's), with one nested run per sub-cascade.
+    Raises :class:`tracking.TrackingUnavailable` when the store fails (the folder on disk is untouched)."""
     import mlflow
 
     out_dir = Path(out_dir)
@@ -61,9 +96,9 @@ def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | Non
               "train_split": summary.get("train_split"), "test_split": summary.get("test_split"),
               "n_subcascades": summary.get("n_subcascades"), "records": str(records_path or summary.get("records")),
               "output": str(out_dir.resolve())}
-    tags = {"cascade.kind": "select", "cascade.benchmark": summary.get("benchmark"),
-            "cascade.logged_from": str(out_dir.resolve())}
-    with parent_run(experiment, name, params=params, tags=tags, uri=uri) as parent:
+    tags = {k: v for k, v in {"cascade.kind": "select", "cascade.benchmark": summary.get("benchmark"),
+                              "cascade.logged_from": str(out_dir.resolve())}.items() if v is not None}
+    with _selection_run(experiment, name, params, tags, uri, parent_run_id) as parent:
         with guard("logging the selection's artifacts"), write_lock():
             for f in ("frontier.png", "frontier.parquet", "summary.json", "answer.txt", "candidates.parquet"):
                 if (out_dir / f).exists():
