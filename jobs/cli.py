@@ -31,9 +31,55 @@ OPTIONAL_COMMANDS = [
 ]
 
 
+def version() -> str:
+    """The installed distribution's version (importlib.metadata), or "unknown" when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cascade-eval")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _Version(argparse.Action):
+    """``--version``: looks the version up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"cascade {version()}")
+        parser.exit()
+
+
+def _register_list(sub) -> None:
+    p = sub.add_parser(
+        "list", help="list the registered tuning methods, benchmarks or confidence signals",
+        description="Print the names the code registers (cascade.tuners.METHODS, cascade.data.benchmarks, "
+                    "cascade.scoring.signals) with a one-line description each.")
+    p.add_argument("kind", choices=["methods", "benchmarks", "signals"],
+                   help="methods: tuning methods (cascade tune --method); benchmarks: benchmarks scoring knows "
+                        "(scoring configs' benchmarks:); signals: confidence signals (scoring configs' signals:, "
+                        "records columns conf_<name>)")
+    p.add_argument("--names", action="store_true", help="print the names only, one a line")
+    p.set_defaults(func=_run_list)
+
+
+def _run_list(args) -> int:
+    from jobs.choices import listing
+
+    rows = listing(args.kind)
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        print(name if args.names else f"{name:<{width}}  {desc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade", description="Build, measure and tune LLM cascades.")
+    parser.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_list(sub)
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
     for name in OPTIONAL_COMMANDS:
@@ -57,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["COMMANDS", "OPTIONAL_COMMANDS", "UserError", "build_parser", "main"]
+__all__ = ["COMMANDS", "OPTIONAL_COMMANDS", "UserError", "build_parser", "main", "version"]
 
 if __name__ == "__main__":
     sys.exit(main())

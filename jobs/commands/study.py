@@ -1,4 +1,4 @@
-"""``cascade study``: the baselines comparison protocol (issue 4) and the margin-sampling study.
+"""``cascade study``: the baselines comparison protocol and the margin-sampling study.
 
 Argument parsing only; the protocol is :mod:`cascade.evaluate.study`. Heavy imports stay inside the
 functions so that ``cascade --help`` starts fast.
@@ -33,38 +33,63 @@ def _chains(specs, benchmark):
 
 
 def register(sub) -> None:
+    from jobs import choices
+
     p = sub.add_parser(
-        "study", help="compare tuning methods on every cascade of one or more chains (issue 4 protocol)",
+        "study", help="compare tuning methods on every cascade of one or more chains, on the same training "
+                      "subsamples",
         description="Protocol 'compare': every method on the same seeded training subsamples (n values), AUC "
-                    "on the shared cost range against a reference method, mean %% change per cascade length, "
-                    "one-sided Wilcoxon, bootstrap CI. Writes OUT/table.txt, summary.csv, per_cascade.csv, "
-                    "runs.csv, curves.json, plots/*.png. Protocol 'margin': online vs offline margin sampling "
-                    "vs random routing on a two-model cascade.")
-    p.add_argument("--results", action="append", required=True,
+                    "on the shared cost range against a reference method, mean percent change per cascade "
+                    "length, one-sided Wilcoxon, bootstrap CI. Writes OUT/table.txt, summary.csv, "
+                    "per_cascade.csv, runs.csv, curves.json, plots/*.png. Protocol 'margin': online vs offline "
+                    "margin sampling vs random routing on a two-model cascade.")
+    p.add_argument("--results", action="append", required=True, metavar="CHAIN",
                    help="a chain: [NAME=]PATH[:m1,m2,...] (records file or store; model order defaults to the "
                         "order in the records). Repeat for several chains.")
-    p.add_argument("--benchmark")
-    p.add_argument("--protocol", choices=["compare", "margin"], default="compare")
-    p.add_argument("--methods", default=DEFAULT_METHODS)
-    p.add_argument("--reference", default="bayes-opt")
-    p.add_argument("--n-values", default=DEFAULT_N_VALUES,
-                   help="training sizes, 'all' = the whole training split")
-    p.add_argument("--subsamples", type=int, default=20, help="random subsamples per n (default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes (joblib)")
-    p.add_argument("--max-len", type=int, default=None, help="only cascades up to this length")
-    p.add_argument("--param", action="append", default=[],
-                   help="METHOD.NAME=VALUE, repeatable; checked against the method's parameters before any work")
-    p.add_argument("--signal", default=None, help="confidence signal (compare: confidence; margin: conf_top2_margin)")
+    p.add_argument("--benchmark", help=choices.help_text(
+        "benchmark of the records (required when a records file holds several); scoring knows {b}",
+        b=choices.BENCHMARKS))
+    p.add_argument("--protocol", choices=["compare", "margin"], default="compare",
+                   help="compare: methods against --reference on every cascade; margin: margin sampling on "
+                        "--models (default %(default)s)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, metavar="M1,M2,...", help=choices.help_text(
+        "comma-separated tuning methods, from: {m} (default %(default)s)", m=choices.METHODS))
+    p.add_argument("--reference", default="bayes-opt", metavar="METHOD",
+                   help="the method every other one is compared against (percent change of AUC; default "
+                        "%(default)s); must be among --methods")
+    p.add_argument("--n-values", default=DEFAULT_N_VALUES, metavar="N1,N2,...",
+                   help="training sizes, comma-separated; 'all' = the whole training split (default %(default)s)")
+    p.add_argument("--subsamples", type=int, default=20,
+                   help="seeded random training subsamples per n, shared by all methods (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the subsamples and of the methods that draw random numbers (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes (joblib; default %(default)s)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="only cascades up to this length (default: every length of the chain)")
+    p.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                   help="a method parameter, e.g. bayes-opt.n_trials=50; repeatable; checked against the method's "
+                        "parameters before any work")
+    p.add_argument("--signal", default=None, metavar="COLUMN", help=choices.help_text(
+        "confidence-signal column: 'confidence' or a registered signal's column ({c}); default: confidence "
+        "(compare), conf_top2_margin (margin)", c=choices.SIGNAL_COLUMNS))
     p.add_argument("--transform", default="auto", choices=["auto", "one-sided", "two-sided", "identity"],
                    help="calibration transform of the signal (see `cascade tune --help`); auto is chosen once per "
                         "chain and printed")
-    p.add_argument("--cost", default="model-mean", choices=["model-mean", "per-query"])
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--models", help="margin protocol: cheap,expensive")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--budgets", type=int, default=100)
-    p.add_argument("--orders", type=int, default=3)
+    p.add_argument("--cost", default="model-mean", choices=["model-mean", "per-query"],
+                   help="model-mean: each model's mean cost on the split; per-query: each query's own cost "
+                        "(default %(default)s)")
+    p.add_argument("--no-plots", action="store_true", help="compare: do not write OUT/plots/*.png")
+    p.add_argument("--models", metavar="CHEAP,EXPENSIVE",
+                   help="margin protocol: the two-model cascade (default: the chain's first two models)")
+    p.add_argument("--warmup", type=int, default=20,
+                   help="margin protocol: queries always escalated before the online margin threshold is set "
+                        "(default %(default)s)")
+    p.add_argument("--budgets", type=int, default=100,
+                   help="margin protocol: budgets between the cheap model's cost and always escalating "
+                        "(default %(default)s)")
+    p.add_argument("--orders", type=int, default=3,
+                   help="margin protocol: seeded orders of the test stream averaged per budget (default "
+                        "%(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_study_cmd)
 

@@ -11,6 +11,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from jobs import choices
+
+BENCHMARK_HELP = choices.help_text(
+    "benchmark of the records to tune on (required when the records hold several); scoring knows {b}, "
+    "imported records may name others", b=choices.BENCHMARKS)
+SIGNAL_HELP = choices.help_text(
+    "confidence-signal column of the records: 'confidence' or a registered signal's column ({c}); default: "
+    "'confidence' if present, else conf_mean_logprob, else the first conf_* column (`cascade list signals`)",
+    c=choices.SIGNAL_COLUMNS)
 TRANSFORM_HELP = ("calibration transform of the signal: auto (the signal registry for conf_* columns, else the "
                   "values: all <= 0 -> one-sided answer log-probs, in [0, 1] -> identity; prints its choice), "
                   "one-sided (answer log-probs), two-sided (P(True) log-probs), identity (margins, scores)")
@@ -22,21 +31,24 @@ def register(sub) -> None:
         description="Fit a threshold tuner on the training split and score every threshold vector on the test "
                     "split with real labels and costs. Writes DIR/curve.parquet and DIR/summary.json.")
     p.add_argument("--results", required=True, help="results store (folder) or a records Parquet file")
-    p.add_argument("--benchmark", help="benchmark name (required when the store holds several)")
+    p.add_argument("--benchmark", help=BENCHMARK_HELP)
     p.add_argument("--models", required=True, help="the cascade in order, comma-separated: m1,m2,...")
     p.add_argument("--all-cascades", action="store_true",
                    help="treat --models as a chain and tune every ordered sub-sequence of length >= 2 "
                         "(written to DIR/<cascade>/)")
-    p.add_argument("--method", default="markov-copula", help="tuning method (markov-copula, grid, ...)")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
+    p.add_argument("--method", default="markov-copula", metavar="METHOD",
+                   help=choices.help_text("tuning method, one of: {m} (default %(default)s; "
+                                          "`cascade list methods` describes them)", m=choices.METHODS))
+    p.add_argument("--train-split", default="train",
+                   help="records split the thresholds are tuned on (default %(default)s)")
+    p.add_argument("--test-split", default="test",
+                   help="records split the curve is scored on (default %(default)s)")
     p.add_argument("--cost", default="model-mean", choices=["per-query", "model-mean"],
                    help="per-query: each query's own cost; model-mean: each model's mean cost on the split "
                         "(train mean to tune, test mean to score)")
     p.add_argument("--calibration", default="auto", choices=["auto", "none"],
                    help="auto: logistic calibration fitted on the training split; none: the signal is P(correct)")
-    p.add_argument("--signal", default=None,
-                   help="confidence-signal column (default: 'confidence', else 'conf_mean_logprob')")
+    p.add_argument("--signal", default=None, metavar="COLUMN", help=SIGNAL_HELP)
     p.add_argument("--transform", default="auto", choices=["auto", "one-sided", "two-sided", "identity"],
                    help=TRANSFORM_HELP)
     p.add_argument("--lambda-stop", default="cascade", choices=["cascade", "cheapest"],
@@ -56,8 +68,11 @@ def register(sub) -> None:
         "compare", help="compare tuned curves on the same cascades (AUC over the shared cost range)",
         description="Compare the test curves of two or more methods. Each DIR is a `cascade tune` output or a "
                     "folder holding several (searched recursively for summary.json).")
-    c.add_argument("dirs", nargs="+", metavar="DIR")
-    c.add_argument("--baseline", help="method the others are compared against (default: the last DIR's method)")
+    c.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="`cascade tune --out` folders (each searched recursively for summary.json), one or more "
+                        "per method")
+    c.add_argument("--baseline", metavar="METHOD",
+                   help="method the others are compared against (default: the last DIR's method)")
     c.add_argument("--csv", help="write the per-cascade table to this CSV file")
     c.set_defaults(func=run_compare)
 
