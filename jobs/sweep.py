@@ -36,7 +36,7 @@ import time
 import warnings
 from pathlib import Path
 
-import pandas as pd
+# no heavy import at module level: `cascade sweep` registers its arguments from here (`cascade --help`)
 
 
 def _tune_cell(records_path: str, cell_dict: dict):
@@ -62,7 +62,7 @@ def _cell_dict(c) -> dict:
     return d
 
 
-def _write_cell(out: Path, curve: pd.DataFrame, summary: dict) -> None:
+def _write_cell(out: Path, curve, summary: dict) -> None:
     from cascade.evaluate.outputs import write_outputs
 
     write_outputs(out, curve, summary)
@@ -249,7 +249,7 @@ def _run_cells(args, todo, experiment, uri, parent_id, out_root, claims, counts,
     pending: dict = {}
     queue, waiting = list(todo), []
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=args.no_progress, file=sys.stdout)
-    records_cache: dict[str, pd.DataFrame] = {}
+    records_cache: dict = {}
     error = None
 
     def finish(ref, c, log: bool) -> None:
