@@ -165,3 +165,45 @@ def test_bad_parameters():
         A.AbstentionTuner(abstain_cost=-1).fit(take(TRAIN, [0, 1]))
     with pytest.raises(ValueError, match="unknown parameter"):
         A.tune_prepared(take(TRAIN, [0, 1]), take(TEST, [0, 1]), 0.5, {"integration": "table"})
+
+
+# ------------------------------------------------------------------------------------------------
+# `cascade tune --abstain-cost` and `cascade compare` on the loss
+# ------------------------------------------------------------------------------------------------
+
+def test_tune_and_compare_with_abstention(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from jobs import cli
+
+    dev = Path(__file__).resolve().parents[1] / "examples" / "medmcqa-llama.parquet"
+    models = "llama3.2-3b,llama3.1-70b"
+
+    def run(*args):
+        rc = cli.main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return rc, cap.out, cap.err
+
+    base = ["tune", "--results", dev, "--models", models]
+    assert run(*base, "--abstain-cost", "0.3", "--out", tmp_path / "early")[0] == 0
+    assert run(*base, "--abstain-cost", "0.5", "--param", "stages=last", "--out", tmp_path / "last5")[0] == 0
+    assert run(*base, "--out", tmp_path / "plain")[0] == 0
+    summary = json.loads((tmp_path / "early" / "summary.json").read_text())
+    assert summary["method"] == "early-abstention" and summary["abstain_cost"] == 0.3
+    assert summary["benchmark"] == "medmcqa" and np.isfinite(summary["test_auc"])
+    curve = pd.read_parquet(tmp_path / "early" / "curve.parquet")
+    assert np.allclose(curve["test_error"], curve["test_wrong"] + 0.3 * curve["test_abstention"])
+    assert json.loads((tmp_path / "last5" / "summary.json").read_text())["method"] == "last-model-abstention"
+    rc, out, _ = run("compare", tmp_path / "early", tmp_path / "plain")
+    assert rc == 0 and "test loss error + X * abstention" in out and "early-abstention vs markov-copula" in out
+    # losses with different abstain costs are not comparable
+    rc, _, err = run("compare", tmp_path / "early", tmp_path / "last5")
+    assert rc == 2 and "abstain_cost" in err
+    for bad, needle in ((["--abstain-cost", "-1"], "--abstain-cost"), (["--abstain-cost", "0.3", "--method", "grid"],
+                                                                       "markov-copula"),
+                        (["--abstain-cost", "0.3", "--param", "integration=table"], "integration")):
+        rc, _, err = run(*base, *bad, "--out", tmp_path / "bad")
+        assert rc == 2 and needle in err and not (tmp_path / "bad").exists()

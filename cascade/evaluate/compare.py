@@ -172,8 +172,12 @@ def compare_table(found, baseline: str, *, at_single_cost: bool = False) -> pd.D
     of :class:`TuneOutput` or of (summary, curve) pairs. Rows without a shared cost range of positive
     width have NaN AUCs and say why in ``note``."""
     by_cascade: dict[tuple, dict[str, TuneOutput]] = {}
-    for o in _as_outputs(found):
+    outs = _as_outputs(found)
+    for o in outs:
         by_cascade.setdefault((o.summary.get("benchmark"), tuple(o.summary["models"])), {})[o.method] = o
+    # early abstention (`cascade tune --abstain-cost`): those curves' test_error is the loss error + X abstention;
+    # a curve without abstention has loss = error, so the AUCs compare losses at equal cost
+    abstaining = any(o.summary.get("abstain_cost") is not None for o in outs)
     rows = []
     for (bench, models), methods in by_cascade.items():
         if baseline not in methods:
@@ -188,6 +192,10 @@ def compare_table(found, baseline: str, *, at_single_cost: bool = False) -> pd.D
             rows.append({"benchmark": bench, "cascade": " -> ".join(models), "k": len(models), "method": method,
                          "baseline": baseline, "cost_lo": cmp.lo, "cost_hi": cmp.hi, "auc": cmp.auc_a,
                          "auc_baseline": cmp.auc_b, "pct_change": cmp.pct_change, "note": cmp.note})
+            if abstaining:
+                rows[-1].update({"abstain_cost": o.summary.get("abstain_cost"),
+                                 "abstention": float(curve["test_abstention"].mean()) if "test_abstention" in curve
+                                 else 0.0})
     return pd.DataFrame(rows)
 
 
@@ -220,6 +228,10 @@ def compare_outputs(found: list[TuneOutput], baseline: str | None = None) -> tup
                 raise ValueError(f"{o.folder}: {field} {o.summary.get(field)!r} differs from the baseline's "
                                  f"{b.summary.get(field)!r} ({b.folder}); tune both with the same --"
                                  f"{'cost' if field == 'cost_mode' else 'test-split'}")
+        xa, xb = o.summary.get("abstain_cost"), b.summary.get("abstain_cost")
+        if xa is not None and xb is not None and xa != xb:
+            raise ValueError(f"{o.folder}: abstain_cost {xa} differs from the baseline's {xb} ({b.folder}), so their "
+                             "losses are not comparable; tune both with the same --abstain-cost")
         used.update((o.source, b.source))
     for d in dict.fromkeys(o.source for o in found):
         if d in used:

@@ -316,6 +316,12 @@ def compare_to_baselines(frontier: pd.DataFrame, baselines: dict, n_grid: int = 
 # The whole selection
 # --------------------------------------------------------------------------------------------------
 
+def _abstention_method(params: dict | None) -> str:
+    from cascade.tuners.abstention import method_name
+
+    return method_name((params or {}).get("stages", "all"))
+
+
 @dataclass
 class Selection:
     chain: list[str]
@@ -356,7 +362,7 @@ def select_prepared(train: CascadeData, test: CascadeData, *, method: str = "mar
     summary = {
         "kind": "select",
         "chain": chain,
-        "method": "early-abstention" if abstain_cost is not None else method,
+        "method": _abstention_method(params) if abstain_cost is not None else method,
         "select_on": select_on,
         "abstain_cost": abstain_cost,
         "error_axis": "error + abstain_cost * abstention" if abstain_cost is not None else "error",

@@ -266,20 +266,43 @@ def run_tuning(
     signal: str = "confidence",
     transform="auto",
     params: dict | None = None,
+    abstain_cost: float | None = None,
 ) -> TuneResult:
     """Records -> calibrate -> fit tuner on train -> score every threshold vector on test.
 
     ``transform``: ``auto`` | ``one-sided`` | ``two-sided`` | ``identity`` or a :class:`TransformChoice`
     (see :func:`choose_transform`). ``summary`` records ``transform``, ``transform_reason`` and
-    ``degenerate`` (a list of reasons, empty when the fit is fine)."""
-    params = get_method(method).validate_params(params)  # fail early on an unknown method or parameter
+    ``degenerate`` (a list of reasons, empty when the fit is fine).
+
+    ``abstain_cost``: early abstention (:mod:`cascade.tuners.abstention`, on the markov-copula model):
+    ``params`` are the abstention tuner's, the curve's ``*_error`` columns hold the loss error +
+    abstain_cost * abstention (see docs/select.md)."""
+    if abstain_cost is not None:
+        from cascade.tuners.abstention import AbstentionTuner
+
+        if method != "markov-copula":
+            raise ValueError(f"--abstain-cost works with --method markov-copula (its model gives the abstention "
+                             f"probabilities), not {method!r}")
+        if not abstain_cost >= 0:
+            raise ValueError(f"--abstain-cost {abstain_cost}: use a number >= 0 (errors per abstained query)")
+        params = AbstentionTuner.validate_params(params)
+    else:
+        params = get_method(method).validate_params(params)  # fail early on an unknown method or parameter
     if benchmark is None and "benchmark" in records.columns and records["benchmark"].nunique() == 1:
         benchmark = str(records["benchmark"].iloc[0])  # recorded in the summary
     prep = prepare_full(
         records, models=models, train_split=train_split, test_split=test_split, benchmark=benchmark,
         signal=signal, calibration=calibration, transform=transform, cost_mode=cost_mode,
     )
-    curve, summary, tuner = tune_prepared(prep.train, prep.test, method, params)
+    if abstain_cost is not None:
+        from cascade.tuners import abstention
+
+        curve, summary, tuner = abstention.tune_prepared(prep.train, prep.test, abstain_cost, params)
+        summary["method"] = abstention.method_name(params.get("stages", "all"))
+        summary["test_auc"] = evaluate.auc(curve["test_cost"], curve["test_error"])
+        summary["degenerate"] = degenerate_reasons(prep.train, curve)
+    else:
+        curve, summary, tuner = tune_prepared(prep.train, prep.test, method, params)
     summary.update({
         "benchmark": benchmark,
         "train_split": train_split,

@@ -44,6 +44,12 @@ from cascade.tuners.joint import MarkovJoint
 from cascade.tuners.markov_copula import MarkovCopulaModel, fill_gaps
 
 STAGES = ("all", "last", "none")
+METHOD_NAMES = {"all": "early-abstention", "last": "last-model-abstention", "none": "no-abstention"}
+
+
+def method_name(stages: str) -> str:
+    """The method name a curve of this tuner carries (``cascade compare`` tells curves apart by it)."""
+    return METHOD_NAMES.get(stages, "early-abstention")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,10 +422,10 @@ def tune_prepared(train: CascadeData, test: CascadeData, abstain_cost: float, pa
         params["abstain_cost"] = abstain_cost
         tuner = AbstentionTuner(**params).fit(train)
         curve = curve_frame(models, abstain_cost, tuner.thresholds_, tuner.abstain_thresholds_, tuner.train_error_,
-                            tuner.train_abstention_, tuner.train_cost_, test)
+                            tuner.train_abstention_, tuner.train_cost_, test, method_name(tuner.stages))
         diagnostics = tuner.diagnostics_
     summary = {
-        "method": "early-abstention",
+        "method": method_name(params.get("stages", "all")),
         "models": models,
         "abstain_cost": abstain_cost if np.isfinite(abstain_cost) else None,
         "error_axis": "error + abstain_cost * abstention (error = answered and wrong)",
@@ -435,5 +441,5 @@ def tune_prepared(train: CascadeData, test: CascadeData, abstain_cost: float, pa
     return curve, summary, tuner
 
 
-__all__ = ["STAGES", "AbstentionTuner", "EndpointMargin", "gumbel_copula", "joint_from_markov_copula", "route",
+__all__ = ["STAGES", "METHOD_NAMES", "method_name", "AbstentionTuner", "EndpointMargin", "gumbel_copula", "joint_from_markov_copula", "route",
            "score_thresholds", "score_curve", "curve_frame", "single_model_threshold", "tune_prepared"]

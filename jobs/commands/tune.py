@@ -54,6 +54,10 @@ def register(sub) -> None:
     p.add_argument("--lambda-stop", default="cascade", choices=["cascade", "cheapest"],
                    help="markov-copula: stop the lambda path near the cascade's first model's cost (cascade) or "
                         "near the cheapest model of the benchmark (cheapest, the release's behaviour)")
+    p.add_argument("--abstain-cost", type=float, default=None, metavar="X",
+                   help="markov-copula: early abstention, every stage may abstain on low confidence at a penalty "
+                        "of X errors per abstained query; the curve's error columns hold the loss error + X * "
+                        "abstention (--param stages=last: only the last model abstains; see docs/select.md)")
     p.add_argument("--gof", action="store_true", help="markov-copula: add a goodness-of-fit report")
     p.add_argument("--gof-bootstrap", type=int, default=100, help="bootstrap replicates for goodness-of-fit p-values")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -136,7 +140,19 @@ def run_tune(args) -> int:
         raise ValueError(f"--models {args.models!r}: a cascade needs at least two models, e.g. --models small,large")
     if len(set(models)) != len(models):
         raise ValueError(f"--models lists a model twice: {models}")
-    cls = tune.get_method(args.method)
+    abstain = getattr(args, "abstain_cost", None)
+    if abstain is not None:
+        from cascade.tuners.abstention import AbstentionTuner
+
+        if not abstain >= 0:  # NaN too
+            raise ValueError(f"--abstain-cost {abstain}: use a number >= 0 (errors per abstained query; inf = never "
+                             "abstain)")
+        if args.method != "markov-copula":
+            raise ValueError(f"--abstain-cost works with --method markov-copula (its model gives the abstention "
+                             f"probabilities), not {args.method!r}")
+        cls = AbstentionTuner
+    else:
+        cls = tune.get_method(args.method)
     params = cls.validate_params(outputs.parse_params(args.param))
     cascades = compare.cascades_of(models) if args.all_cascades else [models]
     out = outputs.check_out(args.out, unit=not args.all_cascades)
@@ -169,7 +185,7 @@ def run_tune(args) -> int:
         res = tune.run_tuning(
             df, models=casc, method=args.method, benchmark=args.benchmark, train_split=args.train_split,
             test_split=args.test_split, cost_mode=args.cost, calibration=args.calibration, signal=signal,
-            transform=choice, params=params)
+            transform=choice, params=params, abstain_cost=abstain)
         if args.gof and args.method == "markov-copula":
             from cascade.evaluate import gof
 
@@ -184,6 +200,9 @@ def run_tune(args) -> int:
         results.append((folder, res))
         rows.append({"cascade": " -> ".join(casc), "k": len(casc), "points": len(res.curve),
                      "test_auc": res.summary["test_auc"], "seconds": res.summary["seconds"]})
+        if abstain is not None:  # the AUC is of the loss; show the parts too
+            rows[-1].update({"mean_abstention": float(res.curve["test_abstention"].mean()),
+                             "mean_error": float(res.curve["test_wrong"].mean())})
     # every cascade is tuned before anything is written: a bad cascade leaves no partial output
     if args.all_cascades:
         written = outputs.write_many(out, [(f, r.curve, r.summary) for f, r in results])
@@ -221,6 +240,9 @@ def run_compare(args) -> int:
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     pd.set_option("display.width", 160)
     print(table.drop(columns=["baseline", "note"]).to_string(index=False, float_format=fmt))
+    if "abstain_cost" in table:
+        print("\nearly abstention: the AUCs are of the test loss error + X * abstention (X = the abstaining curve's "
+              "--abstain-cost; a curve without abstention has loss = error), at equal cost")
     for method, g in table.groupby("method"):
         print(f"\n{method} vs {baseline}: % change of AUC (negative = {method} better), one-sided paired Wilcoxon")
         print(compare.summarize_by_length(g, ge3_label=">=3 (mean of per-k means)").to_string(
