@@ -170,8 +170,10 @@ _LOCKS: dict[str, object] = {}
 
 
 @contextlib.contextmanager
-def write_lock(uri: str | None = None):
-    """Hold the store's write lock (SQLite only; re-entrant in one thread; a server serialises by itself)."""
+def write_lock(uri: str | None = None, *, for_read: bool = False):
+    """Hold the store's write lock (SQLite only; re-entrant in one thread; a server serialises by itself).
+    ``for_read``: a reader that may have to create MLflow's tables in a new store; where the lock file cannot
+    be created (a read-only folder) it reads without the lock."""
     uri = uri or current_uri()
     db = sqlite_path(uri)
     if db is None:
@@ -189,6 +191,9 @@ def write_lock(uri: str | None = None):
         raise TrackingUnavailable(f"SQLite tracking store {db} stayed locked by another process for "
                                   f"{STORE_LOCK_TIMEOUT_S:.0f}s ({db}.lock)") from e
     except OSError as e:
+        if for_read:
+            yield
+            return
         raise TrackingUnavailable(f"cannot lock the SQLite tracking store {db}: {_reason(e)}") from e
     try:
         yield
@@ -235,6 +240,6 @@ def experiment_id(experiment: str, uri: str | None = None) -> str | None:
     uri = tracking_uri(uri)
     if not store_exists(uri):
         return None
-    with guard(f"reading experiment {experiment!r}", uri), write_lock(uri):  # first open may create tables
+    with guard(f"reading experiment {experiment!r}", uri), write_lock(uri, for_read=True):  # may create tables
         exp = mlflow.MlflowClient(uri).get_experiment_by_name(experiment)
     return None if exp is None or exp.lifecycle_stage == "deleted" else exp.experiment_id
