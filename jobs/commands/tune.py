@@ -38,7 +38,10 @@ def register(sub) -> None:
                         "(written to DIR/<cascade>/)")
     p.add_argument("--method", default="markov-copula", metavar="METHOD",
                    help=choices.help_text("tuning method, one of: {m} (default %(default)s; "
-                                          "`cascade list methods` describes them)", m=choices.METHODS))
+                                          "`cascade list methods` describes them); several, comma-separated: "
+                                          "each tuned into OUT/<method>/, then compared on each cascade's shared "
+                                          "cost range (OUT/comparison.csv, OUT/comparison/*.png; --param "
+                                          "METHOD.NAME=VALUE)", m=choices.METHODS))
     p.add_argument("--train-split", default="train",
                    help="records split the thresholds are tuned on (default %(default)s)")
     p.add_argument("--test-split", default="test",
@@ -111,12 +114,12 @@ def track_outputs(args, out_dirs: list[Path], benchmark: str, records_path, reco
     return 0
 
 
-def _default_signal(df) -> str:
+def _default_signal(columns) -> str:
     from cascade.data import records
 
-    if "confidence" in df.columns:
+    if "confidence" in columns:
         return "confidence"
-    sigs = records.signal_columns(df.columns)
+    sigs = records.signal_columns(columns)
     if "conf_mean_logprob" in sigs:
         return "conf_mean_logprob"
     if sigs:
@@ -129,6 +132,8 @@ def _warn(cmd: str, msg: str) -> None:
 
 
 def run_tune(args) -> int:
+    if "," in args.method:
+        return run_tune_many(args)
     import pandas as pd
 
     from cascade.data import records
@@ -160,36 +165,37 @@ def run_tune(args) -> int:
     if args.all_cascades:
         for f in folders:
             outputs.check_out(out / f, unit=True)
-    df = records.load(args.results, benchmark=args.benchmark)
-    if df.empty:
+    # only what the cascades need is read: the files' footers, then --models' columns of the two splits
+    info = records.describe(args.results)
+    if not info.benchmarks or (args.benchmark is not None and args.benchmark not in info.benchmarks):
         raise ValueError(f"benchmark {args.benchmark!r} has no records in {args.results}")
-    benchmarks = sorted(df["benchmark"].unique())
-    if args.benchmark is None and len(benchmarks) > 1:
-        raise ValueError(f"{args.results} holds several benchmarks ({', '.join(benchmarks)}); pass --benchmark")
-    args.benchmark = args.benchmark or benchmarks[0]  # recorded in summary.json
-    signal = args.signal or _default_signal(df)
-    for split in (args.train_split, args.test_split):  # unknown model, empty split, unknown signal: refuse now
-        records.cascade_data(df, models, split, signal=signal, benchmark=args.benchmark)
+    if args.benchmark is None and len(info.benchmarks) > 1:
+        raise ValueError(f"{args.results} holds several benchmarks ({', '.join(info.benchmarks)}); pass --benchmark")
+    args.benchmark = args.benchmark or info.benchmarks[0]  # recorded in summary.json
+    signal = args.signal or _default_signal(info.columns)
+    # unknown model, empty split, unknown signal, models with different queries: refused here
+    data = records.load_cascade(args.results, models, (args.train_split, args.test_split), signal=signal,
+                                benchmark=args.benchmark)
     # one transform for every cascade of the run, chosen on all of --models (train and test splits)
-    choice = tune.choose_transform(df, models=models, signal=signal, splits=(args.train_split, args.test_split),
+    choice = tune.choose_transform(data, models=models, signal=signal, splits=(args.train_split, args.test_split),
                                    benchmark=args.benchmark, transform=args.transform, calibration=args.calibration)
     print(f"cascade tune: transform {choice.name} for {signal}: {choice.reason}", file=sys.stderr)
     if "seed" in cls.param_names() and "seed" not in params:
         params["seed"] = args.seed
     if args.method == "markov-copula" and args.lambda_stop == "cheapest":
-        train = df[df["split"] == args.train_split]
+        means = records.mean_costs(args.results, args.train_split, benchmark=args.benchmark)
         params.setdefault("stop_reference", "chain")
-        params.setdefault("reference_cost", float(train.groupby("model")["cost"].mean().min() * tune.COST_SCALE))
+        params.setdefault("reference_cost", float(min(means.values()) * tune.COST_SCALE))
     rows, results = [], []
     for casc, folder in zip(cascades, folders):
         res = tune.run_tuning(
-            df, models=casc, method=args.method, benchmark=args.benchmark, train_split=args.train_split,
+            data, models=casc, method=args.method, benchmark=args.benchmark, train_split=args.train_split,
             test_split=args.test_split, cost_mode=args.cost, calibration=args.calibration, signal=signal,
             transform=choice, params=params, abstain_cost=abstain)
         if args.gof and args.method == "markov-copula":
             from cascade.evaluate import gof
 
-            train, test, _ = tune.prepare(df, models=casc, train_split=args.train_split, test_split=args.test_split,
+            train, test, _ = tune.prepare(data, models=casc, train_split=args.train_split, test_split=args.test_split,
                                           benchmark=args.benchmark, signal=signal, calibration=args.calibration,
                                           transform=choice, cost_mode=args.cost)
             res.summary["goodness_of_fit"] = gof.report(res.tuner.model_, train, test,
@@ -212,8 +218,112 @@ def run_tune(args) -> int:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {len(cascades)} curve(s) under {out}")
     if getattr(args, "track", False):
-        return track_outputs(args, written, args.benchmark, Path(args.results).resolve(), df,
+        return track_outputs(args, written, args.benchmark, Path(args.results).resolve(), None,
                              run_name=f"tune {args.method}: {args.models}")
+    return 0
+
+
+def _split_method_params(items, methods) -> dict[str, list[str]]:
+    """Several methods: ``--param METHOD.NAME=VALUE`` -> {method: ["NAME=VALUE", ...]}, checked up front."""
+    from cascade.evaluate import outputs
+    from cascade.evaluate import tuning as tune
+
+    parsed = outputs.parse_method_params(items)  # refuses NAME=VALUE without a method
+    for m, p in parsed.items():
+        if m not in methods:
+            raise ValueError(f"--param {m}.*: {m} is not among --method ({', '.join(methods)})")
+        tune.get_method(m).validate_params(p)
+    raw: dict[str, list[str]] = {m: [] for m in methods}
+    for item in items or []:
+        key, value = item.split("=", 1)
+        m, name = key.split(".", 1)
+        raw[m].append(f"{name}={value}")
+    return raw
+
+
+def run_tune_many(args) -> int:
+    """``--method a,b,...``: every method on the same cascades (OUT/<method>/...), then one comparison on each
+    cascade's shared cost range (OUT/comparison.csv, OUT/comparison/<cascade>.png); with --track one parent
+    run, a child per method x cascade with the shared-range metrics, the table on the parent."""
+    import copy
+
+    from cascade.evaluate import compare, comparison, outputs
+    from cascade.evaluate import tuning as tune
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--method lists a method twice: {args.method}")
+    for m in methods:  # unknown methods and parameters: refused before any work
+        tune.get_method(m)
+    params = _split_method_params(args.param, methods)
+    out = outputs.check_out(args.out, unit=False)
+    for m in methods:
+        outputs.check_out(out / m, unit=not args.all_cascades)
+    for m in methods:
+        a = copy.copy(args)
+        a.method, a.out, a.track, a.param = m, str(out / m), False, params[m]
+        print(f"\n== {m}")
+        code = run_tune(a)
+        if code:
+            return code
+    found = compare.load_tune_outputs([out / m for m in methods])
+    runs = [{"cascade": o.summary["models"], "method": o.method, "curve": o.curve, "summary": o.summary,
+             "benchmark": o.summary.get("benchmark"), "folder": o.folder} for o in found]
+    table, shared = comparison.comparison_table(runs)
+    plots = out / "comparison"
+    plots.mkdir(exist_ok=True)
+    for key, s in shared.items():
+        curves = {r["method"]: r["curve"] for r in runs if tuple(r["cascade"]) == key[1]}
+        fig = comparison.overlay_figure(curves, f"{key[0]}: {' -> '.join(key[1])}: test error vs cost", s)
+        fig.savefig(plots / f"{outputs.cascade_folder(key[1])}.png", dpi=110)
+    table.to_csv(out / "comparison.csv", index=False)
+    cols = ["cascade", "method", "auc_shared", "rank_shared", "test_auc_own_range", "shared_cost_lo",
+            "shared_cost_hi", "degenerate"]
+    print("\nmethods on each cascade's shared cost range (auc_shared: mean test error there, lower is better):")
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for _, r in table[table["shared_note"] != ""].iterrows():
+        _warn("tune", f"{r['cascade']} ({r['method']}): {r['shared_note']}")
+    print(f"wrote {out / 'comparison.csv'} and {len(shared)} overlaid plot(s) under {plots}")
+    if getattr(args, "track", False):
+        return track_comparison(args, runs, table, shared, plots)
+    return 0
+
+
+def track_comparison(args, runs, table, shared, plots) -> int:
+    """Log a several-method `cascade tune`: parent run (comparison table), a child per method x cascade."""
+    from pathlib import Path as _P
+
+    import tracking
+    from cascade.data import records
+    from cascade.evaluate import comparison, metrics, outputs
+
+    benchmark = runs[0]["benchmark"]
+    experiment = args.experiment or benchmark
+    records_path = _P(args.results).resolve()
+    df = records.load(args.results, benchmark=benchmark)
+    try:
+        with tracking.parent_run(experiment, f"tune | {'>'.join(args.models.split(','))} | methods={args.method}",
+                                 uri=args.tracking_uri,
+                                 params={"command": "tune", "methods": args.method, "records": str(records_path),
+                                         "n_cascades": len(shared), "all_cascades": bool(args.all_cascades)},
+                                 tags={"cascade.comparison": "true"}) as parent:
+            for r in runs:
+                key = (r["benchmark"], tuple(r["cascade"]), "all", 0)
+                s = shared[key]
+                note = s.notes.get(r["method"], "")
+                tracking.log_tune(r["curve"], r["summary"], parent_run_id=parent.info.run_id,
+                                  records_path=records_path, records_df=df,
+                                  run_name=comparison.run_name(r["method"], r["cascade"], "all", args.seed),
+                                  extra_metrics={k: v for k, v in s.metrics[r["method"]].items()},
+                                  tags={"cascade.logged_from": str(r["folder"]),
+                                        **({"cascade.shared_note": note} if note else {})},
+                                  output_fingerprint=metrics.output_fingerprint(r["folder"]))
+            tracking.log_summary(tables={"comparison_table.json": table}, run_id=parent.info.run_id)
+    except tracking.TrackingUnavailable as e:
+        print(f"cascade tune: tracking failed: {e}\n  the results are safe under {args.out}", file=sys.stderr)
+        return 3
+    print(f"logged {len(runs)} run(s) to MLflow experiment {experiment!r} at "
+          f"{tracking.tracking_uri(args.tracking_uri)}")
     return 0
 
 

@@ -1,0 +1,125 @@
+"""What a person sees in the MLflow UI when several methods are tuned on the same cascades: the shared-range
+metrics on every child (so grouping the runs table by method compares like with like), the one run-name
+scheme, the comparison table on the parent, degenerate curves flagged. Checked through MLflow's client
+(the REST API's view of the store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cascade.evaluate import comparison
+from cascade.evaluate import curves as C
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "examples" / "medmcqa-llama.parquet"
+
+
+def _curve(cost, error):
+    return pd.DataFrame({"test_cost": np.asarray(cost, float), "test_error": np.asarray(error, float)})
+
+
+def test_shared_metrics_use_one_range_for_every_method():
+    a = _curve([10, 20, 40], [0.5, 0.4, 0.3])
+    b = _curve([12, 30, 50], [0.5, 0.35, 0.3])
+    s = comparison.shared_metrics({"a": a, "b": b})
+    assert (s.lo, s.hi) == (12.0, 40.0)
+    assert s.metrics["a"]["auc_shared"] == pytest.approx(C.auc(a["test_cost"], a["test_error"], 12, 40))
+    assert s.metrics["b"]["auc_shared"] == pytest.approx(C.auc(b["test_cost"], b["test_error"], 12, 40))
+    # own-range AUCs differ in range; the shared ones are on [12, 40] for both
+    assert C.auc(a["test_cost"], a["test_error"]) != pytest.approx(s.metrics["a"]["auc_shared"])
+    # error at 50% of the shared range = budget 26: best error among points costing <= 26
+    assert s.metrics["a"]["error_at_50pct_shared_budget"] == 0.4
+    assert s.metrics["b"]["error_at_50pct_shared_budget"] == 0.5
+    assert s.notes == {}
+
+
+def test_a_degenerate_curve_is_left_out_of_the_range_and_says_why():
+    good1 = _curve([10, 20, 40], [0.5, 0.4, 0.3])
+    good2 = _curve([12, 30, 50], [0.5, 0.35, 0.3])
+    flat = _curve([25, 25], [0.4, 0.4])
+    s = comparison.shared_metrics({"a": good1, "b": good2, "flat": flat})
+    assert (s.lo, s.hi) == (12.0, 40.0)  # not collapsed to the single cost 25
+    assert np.isnan(s.metrics["flat"]["auc_shared"])
+    assert "single value" in s.notes["flat"]
+    table, _ = comparison.comparison_table([
+        {"cascade": ["x", "y"], "method": m, "curve": c, "summary": {"benchmark": "b", "degenerate": d}}
+        for m, c, d in [("a", good1, []), ("b", good2, []), ("flat", flat, ["the test cost range is a single point"])]])
+    row = table.set_index("method").loc["flat"]
+    assert bool(row["degenerate"]) and "single point" in row["degenerate_reason"]
+    assert np.isnan(row["rank_shared"])
+    ranks = table.set_index("method")["rank_shared"]
+    better = "a" if s.metrics["a"]["auc_shared"] < s.metrics["b"]["auc_shared"] else "b"
+    assert ranks[better] == 1.0 and sorted(ranks[["a", "b"]]) == [1.0, 2.0]
+
+
+def test_run_name_leads_with_the_method():
+    assert comparison.run_name("markov-copula", ["llama3.2-1b", "llama3.2-3b"]) == \
+        "markov-copula | llama3.2-1b>llama3.2-3b | n=all | seed=0"
+    assert comparison.run_name("grid", "a -> b -> c", 30, 2) == "grid | a>b>c | n=30 | seed=2"
+
+
+def test_overlay_figure_has_one_line_per_method():
+    a = _curve([10, 20, 40], [0.5, 0.4, 0.3])
+    b = _curve([12, 30, 50], [0.5, 0.35, 0.3])
+    fig = comparison.overlay_figure({"a": a, "b": b}, "t")
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 2
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(lb.startswith("a (auc_shared") for lb in labels) and "shared cost range" in labels
+
+
+def test_tune_several_methods_logs_comparable_children_and_a_parent_table(tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from jobs import cli
+
+    out, db = tmp_path / "out", tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
+    code = cli.main(["tune", "--results", str(RECORDS), "--models", "llama3.2-1b,llama3.2-3b",
+                     "--method", "grid,random", "--param", "grid.n_quantiles=10", "--out", str(out),
+                     "--track", "--tracking-uri", uri, "--experiment", "ui-test"])
+    assert code == 0
+    assert (out / "grid" / "summary.json").exists() and (out / "random" / "summary.json").exists()
+    assert json.loads((out / "grid" / "summary.json").read_text())["params"]["n_quantiles"] == 10
+    table = pd.read_csv(out / "comparison.csv")
+    assert sorted(table["method"]) == ["grid", "random"]
+    assert table["shared_cost_lo"].nunique() == 1 and table["shared_cost_hi"].nunique() == 1
+    assert len(list((out / "comparison").glob("*.png"))) == 1
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("ui-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("cascade.kind") == "parent"]
+    children = [r for r in runs if r.data.tags.get("cascade.kind") == "tune"]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    for r in children:
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        method = r.data.tags["cascade.method"]
+        assert r.info.run_name == f"{method} | llama3.2-1b>llama3.2-3b | n=all | seed=0"
+        row = table.set_index("method").loc[method]
+        assert r.data.metrics["auc_shared"] == pytest.approx(row["auc_shared"])
+        assert r.data.metrics["shared_cost_lo"] == pytest.approx(row["shared_cost_lo"])
+        for f in (25, 50, 75):
+            assert f"error_at_{f}pct_shared_budget" in r.data.metrics
+        assert "test_auc" in r.data.metrics  # the own-range metric stays, next to the shared one
+    arts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "comparison_table.json" in arts
+    local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="comparison_table.json",
+                                                tracking_uri=uri, dst_path=str(tmp_path / "dl"))
+    logged = json.loads(Path(local).read_text())
+    assert "auc_shared" in logged["columns"] and len(logged["data"]) == 2
+
+
+def test_tune_several_methods_refuses_a_param_without_method(tmp_path):
+    from jobs import cli
+
+    code = cli.main(["tune", "--results", str(RECORDS), "--models", "llama3.2-1b,llama3.2-3b",
+                     "--method", "grid,random", "--param", "n_quantiles=10", "--out", str(tmp_path / "o")])
+    assert code == 2 and not (tmp_path / "o").exists()
