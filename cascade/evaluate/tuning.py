@@ -19,6 +19,7 @@ apply to all of them:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,17 +45,46 @@ class TransformChoice:
     reason: str
 
 
-def _where(rows: pd.DataFrame, mask, signal: str) -> str:
+def _where(rows, mask, signal: str) -> str:
+    """The first three rows under ``mask`` ("model m split s query q = v"); ``rows``: a frame or a function
+    giving it (built only for this message)."""
+    rows = rows() if callable(rows) else rows
     ex = rows[np.asarray(mask)].head(3)
     parts = [f"model {m} {s} query {q} = {v!r}" for m, s, q, v in
              zip(ex["model"], ex["split"], ex["query_id"], ex[signal].astype(float))]
     return "; ".join(parts)
 
 
-def choose_transform(records: pd.DataFrame, *, models: list[str], signal: str = "confidence",
+def _signal_rows(records, models: list[str], splits, signal: str, benchmark: str | None):
+    """The values of ``signal`` for ``models`` in ``splits`` and the rows they come from (a function giving
+    a frame with model, split, query_id and the signal, in the values' order, for messages only).
+
+    ``records``: a records frame, or what :func:`cascade.data.records.load_cascade` returned (split ->
+    CascadeData, raw signals): values then come split by split, model by model, in query-id order."""
+    if isinstance(records, Mapping):
+        parts = [(s, cascade_data(records, models, s)) for s in dict.fromkeys(splits) if s in records]
+        v = np.concatenate([d.confidence.ravel(order="F") for _, d in parts]) if parts else np.zeros(0)
+
+        def rows() -> pd.DataFrame:
+            return pd.concat([pd.DataFrame({"model": np.repeat(d.models, d.n), "split": s,
+                                            "query_id": np.tile(d.query_id, d.k),
+                                            signal: d.confidence.ravel(order="F")}) for s, d in parts],
+                             ignore_index=True)
+        return v, rows
+    df = records if benchmark is None else records[records["benchmark"] == benchmark]
+    if signal not in df.columns:
+        have = ", ".join(c for c in df.columns if c == "confidence" or c.startswith("conf_")) or "none"
+        raise RecordsError(f"signal {signal!r} is not in the records (signals: {have})")
+    rows = df[df["model"].isin(models) & df["split"].isin(list(splits))]
+    return rows[signal].to_numpy(float), rows
+
+
+def choose_transform(records, *, models: list[str], signal: str = "confidence",
                      splits=("train", "test"), benchmark: str | None = None, transform="auto",
                      calibration: str = "auto") -> TransformChoice:
     """The calibration transform for ``signal`` on the rows of ``models`` in ``splits``.
+
+    ``records``: a records frame, or what :func:`cascade.data.records.load_cascade` returned.
 
     ``transform``: ``auto`` (the signal registry, else the values: see
     :func:`cascade.tuners.calibration.auto_transform`), an explicit name, or a :class:`TransformChoice`
@@ -67,12 +97,7 @@ def choose_transform(records: pd.DataFrame, *, models: list[str], signal: str = 
         raise ValueError(f"--transform {transform!r}: choose one of {', '.join(TRANSFORM_CHOICES)}")
     if calibration not in ("auto", "logistic", "none"):
         raise ValueError(f"unknown calibration {calibration!r}; use auto or none")
-    df = records if benchmark is None else records[records["benchmark"] == benchmark]
-    if signal not in df.columns:
-        have = ", ".join(c for c in df.columns if c == "confidence" or c.startswith("conf_")) or "none"
-        raise RecordsError(f"signal {signal!r} is not in the records (signals: {have})")
-    rows = df[df["model"].isin(models) & df["split"].isin(list(splits))]
-    v = rows[signal].to_numpy(float)
+    v, rows = _signal_rows(records, models, splits, signal, benchmark)
     if calibration == "none":
         if transform != "auto":
             raise ValueError(f"--transform {transform} applies to --calibration auto; with --calibration none "
@@ -132,7 +157,7 @@ class Prepared:
 
 
 def prepare_full(
-    records: pd.DataFrame,
+    records: pd.DataFrame | Mapping[str, CascadeData],
     *,
     models: list[str],
     train_split: str = "train",
@@ -143,7 +168,10 @@ def prepare_full(
     transform="auto",
     cost_mode: str = "model-mean",
 ) -> Prepared:
-    """Records -> calibrated train/test arrays for one cascade (calibrators fitted on train only)."""
+    """Records -> calibrated train/test arrays for one cascade (calibrators fitted on train only).
+
+    ``records``: a records frame, or what :func:`cascade.data.records.load_cascade` returned for the
+    splits (split -> raw CascadeData of at least these models; the store read once for the chain)."""
     if len(models) < 2:
         raise ValueError(f"a cascade needs at least two models, got {models}; pass --models m1,m2[,...]")
     if len(set(models)) != len(models):
@@ -171,7 +199,7 @@ def prepare_full(
 
 
 def prepare(
-    records: pd.DataFrame,
+    records: pd.DataFrame | Mapping[str, CascadeData],
     *,
     models: list[str],
     train_split: str = "train",
@@ -254,7 +282,7 @@ def tune_prepared(train: CascadeData, test: CascadeData, method: str, params: di
 
 
 def run_tuning(
-    records: pd.DataFrame,
+    records: pd.DataFrame | Mapping[str, CascadeData],
     *,
     models: list[str],
     method: str = "markov-copula",
@@ -288,7 +316,8 @@ def run_tuning(
         params = AbstentionTuner.validate_params(params)
     else:
         params = get_method(method).validate_params(params)  # fail early on an unknown method or parameter
-    if benchmark is None and "benchmark" in records.columns and records["benchmark"].nunique() == 1:
+    if (benchmark is None and isinstance(records, pd.DataFrame) and "benchmark" in records.columns
+            and records["benchmark"].nunique() == 1):
         benchmark = str(records["benchmark"].iloc[0])  # recorded in the summary
     prep = prepare_full(
         records, models=models, train_split=train_split, test_split=test_split, benchmark=benchmark,
