@@ -11,6 +11,11 @@
    and a nested run per (records, cascade, method) with metrics, curve, plot and data lineage.
 4. Print the comparison table (AUC % change against bayes-opt per cascade length, paired Wilcoxon) and
    how to open the MLflow UI.
+5. End with the answer for the example results (``cascade select``, docs/select.md): every sub-cascade of
+   the llama chain (single models included), the train-side frontier measured on test, as one table of
+   budget ranges -> cascade -> test error and cost, next to the baselines. Written to
+   ``<scoring out>/../select-medmcqa`` and logged as a nested run of the demo's parent (its sub-cascade
+   curves are not logged again: step 2 logged markov-copula on every one of these cascades).
 
 The learned ``scorer``/``router`` baselines need per-query text features; see docs/baselines.md.
 """
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.check_reachable(uri)  # fail before any work if the store cannot be written
 
     # 1. score (records are written shard by shard before anything is logged)
-    print(f"[1/3] scoring {', '.join(st.name for st in cfg.stages)} on "
+    print(f"[1/4] scoring {', '.join(st.name for st in cfg.stages)} on "
           f"{', '.join(b.name for b in cfg.benchmarks)} (local Ray, CPU) -> {cfg.out}", flush=True)
     from jobs.score import run as score_run
     from jobs.score import save_stats
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             parent_id = parent_ctx.__enter__().info.run_id
             ctx = parent_ctx
             tracking.log_scoring(stats, config=stats["config"], config_path=args.config, parent_run_id=parent_id)
-        print(f"[2/3] tuning {len(METHODS) + 1} methods on the tiny-model records and {len(METHODS)} methods on "
+        print(f"[2/4] tuning {len(METHODS) + 1} methods on the tiny-model records and {len(METHODS)} methods on "
               f"every cascade of {args.max_chain} example models", flush=True)
         for m in ("scorer", "router"):
             try:
@@ -169,6 +174,24 @@ def main(argv: list[str] | None = None) -> int:
         example = records.load(EXAMPLE_RESULTS)
         rows += _tune_all(example, "medmcqa (example results)", LLAMA_CHAIN[:args.max_chain], METHODS, "confidence",
                           "medmcqa", EXAMPLE_RESULTS, parent_id, tracking, progress)
+        # 5. which models, in which order, per budget: every sub-cascade of the example chain
+        from cascade.evaluate import select
+
+        selection, select_out = None, None
+        if args.max_chain >= 2:
+            print(f"[3/4] selecting among the {2 ** args.max_chain - 1} sub-cascades of {args.max_chain} example "
+                  "models (cascade select)", flush=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                selection = select.run_selection(example, models=LLAMA_CHAIN[:args.max_chain], benchmark="medmcqa",
+                                                 jobs=2)
+            select_out = select.write_selection(selection, Path(stats["out_dir"]).resolve().parent / "select-medmcqa")
+            if tracking is not None:
+                from tracking.select import log_selection
+
+                log_selection(select_out, experiment=args.experiment, uri=args.tracking_uri,
+                              records_path=EXAMPLE_RESULTS, records_df=example, parent_run_id=parent_id,
+                              children=False)
         per, summ = comparison(rows)
         if tracking is not None:
             metrics = {}
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. report
     pd.set_option("display.width", 160)
-    print("\n[3/3] AUC (mean test error over the shared cost range) % change against "
+    print("\n[4/4] AUC (mean test error over the shared cost range) % change against "
           f"{REFERENCE}; negative = better than {REFERENCE}; one-sided paired Wilcoxon")
     shown = summ.copy()
     pct_col = [c for c in shown.columns if c.startswith("mean_%")][0]
@@ -201,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\ntiny-model cascade (both models are near chance on MMLU, so this proves the plumbing, not the science):")
         print(tiny_per[["cascade", "method", "auc", "auc_ref", "pct_change"]].to_string(
             index=False, float_format=lambda v: f"{v:.4f}"))
+    if selection is not None:
+        print(f"\nthe answer for the example results: which models, in which order, per budget ({select_out}):")
+        print(select.format_frontier_table(
+            selection.frontier, comparison=selection.comparison,
+            title=f"medmcqa, {len(selection.subcascades)} sub-cascades of {' > '.join(selection.chain)}, "
+                  "markov-copula, chosen on train"))
     print(f"\ndone in {time.perf_counter() - t_start:.0f}s")
     if tracking is not None:
         uri = tracking.tracking_uri(args.tracking_uri)

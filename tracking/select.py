@@ -78,9 +78,10 @@ def _selection_run(experiment: str, name: str, params: dict, tags: dict, uri: st
 
 def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | None = None, records_path=None,
                   records_df: pd.DataFrame | None = None, run_name: str | None = None,
-                  parent_run_id: str | None = None) -> str:
+                  parent_run_id: str | None = None, children: bool = True) -> str:
     """Log a written ``cascade select --out DIR``; returns the selection run's id: a parent run, or a run
-    nested under ``parent_run_id`` / the active run (e.g. the demo's), with one nested run per sub-cascade.
+    nested under ``parent_run_id`` / the active run (e.g. the demo's), with one nested run per sub-cascade
+    (``children=False``: none, when the caller logged those curves already).
     Raises :class:`tracking.TrackingUnavailable` when the store fails (the folder on disk is untouched)."""
     import mlflow
 
@@ -104,7 +105,7 @@ def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | Non
                 if (out_dir / f).exists():
                     mlflow.log_artifact(str(out_dir / f))
         log_summary(tables={"frontier_table.json": frontier_table(frontier)}, metrics=selection_metrics(summary))
-        for d in sorted(p for p in (out_dir / "cascades").iterdir() if (p / "summary.json").exists()):
+        for d in sorted(p for p in (out_dir / "cascades").iterdir() if children and (p / "summary.json").exists()):
             log_tune_dir(d, records_path=records_path, records_df=records_df, parent_run_id=parent.info.run_id,
                          tags={"cascade.select_parent": parent.info.run_id})
         return parent.info.run_id
