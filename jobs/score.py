@@ -706,7 +706,11 @@ def _ray_llm_stage(ds, st: StageConfig, cfg: ScoreConfig, run_id: str, columns: 
                  chat_template_stage=False, tokenize_stage=False, detokenize_stage=False, log_engine_metrics=False)
     if not on_gpu:  # vLLM's CPU build: the engine actor asks for CPUs, not a GPU
         pconf["placement_group_config"] = {"bundles": [{"CPU": st.resources.num_cpus}]}
-    proc = build_processor(vLLMEngineProcessorConfig(**pconf), preprocess=_llm_pre, postprocess=_llm_post)
+    # the pre/postprocess maps are light: without a small CPU share each task asks for a whole CPU, which
+    # the engines and our steps may already hold (a 2-core machine then waits forever)
+    light = {"num_cpus": 0.05}
+    proc = build_processor(vLLMEngineProcessorConfig(**pconf), preprocess=_llm_pre, postprocess=_llm_post,
+                           preprocess_map_kwargs=light, postprocess_map_kwargs=light)
     kw = dict(stage=st.model_dump(), signals=list(cfg.signals), grading=cfg.grading.model_dump(), run_id=run_id,
               columns=columns, keep_items=keep_items, max_logprobs=max_logprobs)
     ptrue = any(S.SIGNALS[n].needs == "ptrue" for n in cfg.signals)
