@@ -207,3 +207,41 @@ def test_tune_and_compare_with_abstention(tmp_path, capsys):
                         (["--abstain-cost", "0.3", "--param", "integration=table"], "integration")):
         rc, _, err = run(*base, *bad, "--out", tmp_path / "bad")
         assert rc == 2 and needle in err and not (tmp_path / "bad").exists()
+
+
+def test_abstention_metrics_of_a_curve():
+    from cascade.evaluate import metrics
+
+    train, test = take(TRAIN, [0, 2]), take(TEST, [0, 2])
+    curve, summary, _ = A.tune_prepared(train, test, 0.3)
+    m = metrics.tune_metrics(curve, summary)
+    assert m["mean_test_abstention"] == pytest.approx(curve["test_abstention"].mean())
+    for f in (25, 50, 75):
+        i = curve.index[(curve["test_error"] == m[f"test_error_at_{f}pct_budget"])][0]
+        assert m[f"test_abstention_at_{f}pct_budget"] == pytest.approx(curve.loc[i, "test_abstention"])
+        assert m[f"test_wrong_at_{f}pct_budget"] == pytest.approx(curve.loc[i, "test_wrong"])
+    plain = tuning.curve_frame("markov-copula", train.models, [np.array([0.5])], [0.3], [10.0], test)
+    assert "mean_test_abstention" not in metrics.tune_metrics(plain, {})
+
+
+@pytest.mark.slow
+def test_tune_with_abstention_tracked(tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    from jobs import cli
+
+    dev = Path(__file__).resolve().parents[1] / "examples" / "medmcqa-llama.parquet"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = cli.main(["tune", "--results", str(dev), "--models", "llama3.2-3b,llama3.1-70b", "--abstain-cost", "0.3",
+                   "--out", str(tmp_path / "t"), "--track", "--tracking-uri", uri, "--experiment", "abs"])
+    assert rc == 0, capsys.readouterr().err
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("abs").experiment_id],
+                              filter_string="tags.`cascade.kind` = 'tune'")
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.data.params["abstain_cost"] == "0.3" and r.data.params["method"] == "early-abstention"
+    assert 0 < r.data.metrics["mean_test_abstention"] < 1 and "test_wrong_at_50pct_budget" in r.data.metrics

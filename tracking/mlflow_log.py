@@ -212,6 +212,7 @@ def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method:
             "signal": summary.get("signal"), "n_train": summary.get("n_train"), "n_test": summary.get("n_test"),
             **({"transform": summary["transform"]} if summary.get("transform") is not None else {}),
             **({"transform_reason": summary["transform_reason"]} if summary.get("transform_reason") else {}),
+            **({"abstain_cost": summary["abstain_cost"]} if summary.get("abstain_cost") is not None else {}),
             "git_commit": commit, "data_fingerprint": fp,
             "records": str(records_path) if records_path else "in-memory",
             **{f"method.{k}": v for k, v in (params or summary.get("params") or {}).items()},

@@ -41,6 +41,25 @@ def curve_metrics(curve: pd.DataFrame) -> dict:
     return out
 
 
+def abstention_metrics(curve: pd.DataFrame) -> dict:
+    """For an early-abstention curve (``cascade tune --abstain-cost``, whose ``test_error`` is the loss
+    error + X * abstention): the mean test abstention rate and error (answered and wrong), and both at the
+    lowest-loss point within 25/50/75% of the curve's own test cost range. Empty for other curves."""
+    if "test_abstention" not in curve or "test_wrong" not in curve or curve.empty:
+        return {}
+    c = curve.sort_values("test_cost")
+    x, y = c["test_cost"].to_numpy(float), c["test_error"].to_numpy(float)
+    out = {"mean_test_abstention": float(c["test_abstention"].mean()), "mean_test_wrong": float(c["test_wrong"].mean())}
+    for f in BUDGET_FRACTIONS:
+        budget = x.min() + f * (x.max() - x.min())
+        ok = np.flatnonzero((x <= budget + 1e-12) & np.isfinite(y))
+        if len(ok):
+            i = ok[np.argmin(y[ok])]
+            out[f"test_abstention_at_{int(f * 100)}pct_budget"] = float(c["test_abstention"].iloc[i])
+            out[f"test_wrong_at_{int(f * 100)}pct_budget"] = float(c["test_wrong"].iloc[i])
+    return out
+
+
 def degenerate_reasons(curve: pd.DataFrame, summary: dict) -> list[str]:
     """Why a tuned curve cannot be trusted as a curve: the summary's own ``degenerate`` list when it has one
     (written by the tuning step), else what the curve itself shows (fewer than two points, a single test cost,
@@ -80,7 +99,8 @@ def tune_metrics(curve: pd.DataFrame, summary: dict) -> dict:
     return {"test_auc": summary.get("test_auc"), "seconds": summary.get("seconds"), "n_points": len(curve),
             "fit_seconds": diag.get("fit_seconds"), "tune_seconds": diag.get("tune_seconds"),
             "degenerate": float(bool(degenerate_reasons(curve, summary))),
-            **curve_metrics(curve), **gof_metrics(summary.get("goodness_of_fit") or summary.get("gof"))}
+            **curve_metrics(curve), **abstention_metrics(curve),
+            **gof_metrics(summary.get("goodness_of_fit") or summary.get("gof"))}
 
 
 def read_tune_output(out_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
