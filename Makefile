@@ -60,3 +60,8 @@ test-vllm: $(VLLM_STAMP)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
+
+# Headless Chromium screenshots of the MLflow UI over a store (default: the demo's experiment in mlflow.db):
+# make ui-screenshots [UI_ARGS="--tracking-uri sqlite:////abs/mlflow.db --experiment NAME --out DIR"]
+ui-screenshots:
+	$(VENV)/bin/python bench/ui_screenshots.py $(UI_ARGS)

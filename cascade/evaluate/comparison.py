@@ -107,12 +107,14 @@ def comparison_table(runs: list[dict]) -> tuple[pd.DataFrame, dict[tuple, Shared
         for m, r in by_method.items():
             summary = r.get("summary") or {}
             reasons = degenerate_reasons(r["curve"], summary)
-            rows.append({"benchmark": key[0], "cascade": " -> ".join(key[1]), "k": len(key[1]), "n": key[2],
-                         "seed": key[3], "method": m, **s.metrics[m],
+            # what a reader compares first (method, auc_shared, rank) leads: the UI's table preview cuts columns
+            rows.append({"cascade": " -> ".join(key[1]), "method": m, "auc_shared": s.metrics[m]["auc_shared"],
                          "rank_shared": float(ranks[m]) if np.isfinite(aucs[m]) else float("nan"),
+                         **s.metrics[m],
                          "test_auc_own_range": summary.get("test_auc", C.auc(*_xy(r["curve"]))),
                          "degenerate": bool(reasons), "degenerate_reason": "; ".join(reasons),
-                         "shared_note": s.notes.get(m, "")})
+                         "shared_note": s.notes.get(m, ""), "benchmark": key[0], "k": len(key[1]), "n": key[2],
+                         "seed": key[3]})
     return pd.DataFrame(rows), shared
 
 

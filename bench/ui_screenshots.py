@@ -1,0 +1,168 @@
+"""Screenshots of the MLflow UI over a store, as a person would see it (headless Chromium).
+
+Starts ``mlflow ui`` on the store on loopback (a free port), finds through the server's REST API the
+experiment, a comparison's parent run (tag ``cascade.comparison=true``, else any ``cascade.kind=parent``)
+and one of its tuning runs, and takes PNG screenshots of:
+
+1. ``runs_by_method.png``: the experiment's runs table grouped by method (tag ``cascade.method``) with the
+   ``auc_shared`` column, sorted by it (a shared view: an experiment tag ``mlflow.sharedViewState.<key>``
+   holding the view, opened with ``?viewStateShareKey=<key>``, what the UI's own "Share" button writes);
+2. ``parent_table.png``: the parent run's comparison table (``comparison_table.json``);
+3. ``parent_plot.png``: the parent's overlaid error-cost plot (the first ``*.png`` artifact of the parent);
+4. ``tune_run.png`` and ``tune_run_artifacts.png``: one tuning run's overview and its error-cost plot.
+
+Usage::
+
+    python bench/ui_screenshots.py [--tracking-uri sqlite:////ABS/mlflow.db] [--experiment NAME] [--out DIR]
+
+Defaults: ``$MLFLOW_TRACKING_URI`` else ``sqlite:///<repo>/mlflow.db``; the experiment ``cascade-eval-demo``;
+``runs/ui-screenshots``. Needs Chromium (``chromium`` or ``$CHROMIUM``). Prints each file it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base: str, path: str, body: dict | None = None, query: str = "") -> dict:
+    url = f"{base}/api/2.0/mlflow/{path}" + (f"?{query}" if query else "")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                 method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def _tags(run: dict) -> dict:
+    return {t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])}
+
+
+def _search(base: str, exp_id: str, flt: str, n: int = 50) -> list[dict]:
+    return _api(base, "runs/search", {"experiment_ids": [exp_id], "filter": flt, "max_results": n}).get("runs", [])
+
+
+def _artifacts(base: str, run_id: str) -> list[str]:
+    files = _api(base, "artifacts/list", query=f"run_id={run_id}").get("files", [])
+    return [f["path"] for f in files if not f.get("is_dir")]
+
+
+def grouped_view(method_tag: str = "cascade.method", metric: str = "auc_shared") -> dict:
+    """The runs table's view state: grouped by a tag, the metric as a column, sorted by it."""
+    return {
+        "searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": True, "startTime": "ALL",
+        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": ["attributes.`Run Name`", f"metrics.`{metric}`", "metrics.`test_auc`",
+                            "metrics.`error_at_50pct_shared_budget`", "tags.`cascade.cascade`",
+                            "tags.`cascade.degenerate`"],
+        "runsExpanded": {}, "runsPinned": [], "runsHidden": [], "runsVisibilityMap": {},
+        "runsHiddenMode": "SHOWALL", "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": method_tag}]},
+        "groupsExpanded": {}, "autoRefreshEnabled": False, "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True, "chartsSearchFilter": "",
+    }
+
+
+def screenshot(chromium: str, url: str, path: Path, size: str, wait_ms: int) -> None:
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={profile}", f"--window-size={size}", f"--virtual-time-budget={wait_ms}",
+                        f"--screenshot={path}", url],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180, check=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI")
+                    or f"sqlite:///{ROOT / 'mlflow.db'}")
+    ap.add_argument("--experiment", default="cascade-eval-demo")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "ui-screenshots"))
+    ap.add_argument("--size", default="1600,1000", help="window size W,H")
+    ap.add_argument("--wait-ms", type=int, default=20000, help="virtual time the page gets to render")
+    args = ap.parse_args(argv)
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        print("ui_screenshots: chromium not found (install Debian's chromium, or set $CHROMIUM)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    log = open(out / "mlflow-ui.log", "wb")
+    server = subprocess.Popen([str(mlflow_bin), "ui", "--backend-store-uri", args.tracking_uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    print(f"ui_screenshots: mlflow ui did not start; see {out / 'mlflow-ui.log'}", file=sys.stderr)
+                    return 3
+                time.sleep(1)
+        exp = _api(base, "experiments/get-by-name", query=f"experiment_name={args.experiment}")["experiment"]
+        exp_id = exp["experiment_id"]
+        parents = (_search(base, exp_id, "tags.`cascade.comparison` = 'true'")
+                   or _search(base, exp_id, "tags.`cascade.kind` = 'parent'"))
+        if not parents:
+            print(f"ui_screenshots: experiment {args.experiment!r} has no parent run", file=sys.stderr)
+            return 2
+        parent = parents[0]["info"]["run_id"]
+        children = _search(base, exp_id, f"tags.`mlflow.parentRunId` = '{parent}' and tags.`cascade.kind` = 'tune'")
+        view = grouped_view()
+        key = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:16]
+        _api(base, "experiments/set-experiment-tag",
+             {"experiment_id": exp_id, "key": f"mlflow.sharedViewState.{key}", "value": json.dumps(view)})
+        shots = [("runs_by_method.png", f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={key}")]
+        parent_files = _artifacts(base, parent)
+        table = next((p for p in parent_files if p.endswith("comparison_table.json")), None)
+        plot = next((p for p in parent_files if p.endswith(".png")), None)
+        if table:
+            shots.append(("parent_table.png", f"{base}/#/experiments/{exp_id}/runs/{parent}/artifacts/{table}"))
+        if plot:
+            shots.append(("parent_plot.png", f"{base}/#/experiments/{exp_id}/runs/{parent}/artifacts/{plot}"))
+        if children:
+            child = children[0]["info"]["run_id"]
+            shots.append(("tune_run.png", f"{base}/#/experiments/{exp_id}/runs/{child}"))
+            shots.append(("tune_run_artifacts.png",
+                          f"{base}/#/experiments/{exp_id}/runs/{child}/artifacts/error_cost.png"))
+        for name, url in shots:
+            screenshot(chromium, url, out / name, args.size, args.wait_ms)
+            print(f"{out / name}  <- {url}")
+        if not plot:
+            print("ui_screenshots: the parent run has no .png artifact (no overlaid plot logged)", file=sys.stderr)
+        return 0
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
