@@ -267,8 +267,8 @@ class _Input:
         if self.path is None:
             return self.data.column(col)
         try:
-            return pq.read_table(self.path, columns=[col],
-                                 read_dictionary=[col] if col in _NAME_COLUMNS else None).column(0)
+            return pq.read_table(self.path, columns=[col], read_dictionary=[col] if col in _NAME_COLUMNS else None,
+                                 use_threads=False).column(0)  # one column: threads buy nothing (see _read)
         except (OSError, pa.ArrowException) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise RecordsError(f"{self.path}: cannot be read as Parquet ({first}); check the file") from None
@@ -299,7 +299,7 @@ class _Input:
 
 
 def _encode(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    """Dictionary codes (int32, one per row) and the values of a string column without nulls; every
+    """Dictionary codes (one per row, see :func:`_compact`) and the values of a string column without nulls; every
     value listed is used and values are listed in order of first appearance."""
     if not pa.types.is_dictionary(col.type):
         col = pc.dictionary_encode(col)
@@ -313,16 +313,18 @@ def _encode(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 
 
 def _compact(codes: np.ndarray, values: list) -> tuple[np.ndarray, list]:
-    """Drop unused values and renumber the codes so that values come in order of first appearance."""
+    """Drop unused values and renumber the codes so that values come in order of first appearance; the
+    codes come in the narrowest integer type that holds them (int8 for up to 127 names)."""
     if not len(codes):
-        return codes.astype(np.int32), []
+        return codes.astype(np.int8), []
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # first row of each run of one value
     u, first = np.unique(codes[starts], return_index=True)
     used = u[np.argsort(first, kind="stable")]
+    dtype = _small_int(len(used))
     if len(used) == len(values) and (used == np.arange(len(values))).all():
-        return codes, values
-    lut = np.full(len(values), -1, np.int32)
-    lut[used] = np.arange(len(used), dtype=np.int32)
+        return codes.astype(dtype), values
+    lut = np.full(len(values), -1, dtype)
+    lut[used] = np.arange(len(used), dtype=dtype)
     return lut[codes], [values[i] for i in used]
 
 
@@ -340,7 +342,7 @@ def _name_column(inp: _Input, col: str, source: str) -> tuple[np.ndarray, list[s
         if s.isna().any():
             raise RecordsError(f"{source}: column {col!r} is empty in {_rows(s.isna())}")
         codes, uniques = pd.factorize(s.astype(str))
-        codes, values = codes.astype(np.int32), [str(v) for v in uniques]
+        codes, values = codes.astype(_small_int(len(uniques))), [str(v) for v in uniques]
     spaced = [i for i, v in enumerate(values) if v != v.strip()]
     if spaced:
         mask = np.isin(codes, spaced)
@@ -470,8 +472,7 @@ class Validated:
             if f.name in self.keys:
                 codes, values = self.keys[f.name]
                 c = codes if rows is None else codes[rows]
-                cols.append(pa.DictionaryArray.from_arrays(pa.array(c, pa.int32()), pa.array(values, pa.string()))
-                            .cast(pa.string()))
+                cols.append(pa.DictionaryArray.from_arrays(pa.array(c), pa.array(values, pa.string())).cast(pa.string()))
             elif f.name in self.num:
                 a = self.num[f.name]
                 cols.append(pa.array(a if rows is None else a[rows], f.type))
@@ -879,7 +880,8 @@ def _file_keys(f: Path) -> dict[tuple[str, str, str], np.ndarray]:
     for gi in np.flatnonzero(counts):
         bs, m = divmod(int(gi), len(mv))
         b, s = divmod(bs, len(sv))
-        out[(bv[b], sv[s], mv[m])] = np.unique(qid[order[ends[gi] - counts[gi]:ends[gi]]])
+        q = qid[order[ends[gi] - counts[gi]:ends[gi]]]
+        out[(bv[b], sv[s], mv[m])] = q if len(q) < 2 or (q[1:] > q[:-1]).all() else np.unique(q)
     return out
 
 
@@ -929,7 +931,7 @@ def _check_against_store(v: Validated, idx: Mapping[Path, Mapping], replaced: se
         ref = arrays[0] if all(np.array_equal(arrays[0], a) for a in arrays[1:]) else np.unique(np.concatenate(arrays))
         stored_models = ", ".join(sorted(k))
         for model in sorted(m for b, m, s in v.segments if (b, s) == (bench, split)):
-            have = np.unique(v.ids(bench, model, split))
+            have = v.ids(bench, model, split)  # sorted, distinct (validated)
             if np.array_equal(have, ref):
                 continue
             common = np.intersect1d(have, ref, assume_unique=True).size
@@ -1113,7 +1115,9 @@ def _read(f: Path, meta: pq.FileMetaData, row_groups: list[int], columns: list[s
     have = set(meta.schema.names)
     try:
         pf = pq.ParquetFile(f, read_dictionary=[c for c in _NAME_COLUMNS if c in have and c in columns])
-        return pf.read_row_groups(row_groups, columns=[c for c in columns if c in have])
+        # one thread: decoding a few plain columns gains little from Arrow's pool and, on a busy machine,
+        # its threads cost several times the CPU (bench/scale.py measures both)
+        return pf.read_row_groups(row_groups, columns=[c for c in columns if c in have], use_threads=False)
     except (OSError, pa.ArrowException) as e:
         raise RecordsError(_damaged(f"{f}: unreadable ({e})")) from None
 
