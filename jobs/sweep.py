@@ -252,6 +252,8 @@ def _run_cells(args, todo, experiment, uri, parent_id, out_root, claims, counts,
     records_cache: dict = {}
     error = None
 
+    from cascade.evaluate import comparison
+
     def finish(ref, c, log: bool) -> None:
         try:
             curve, summary = ray.get(ref)
@@ -270,7 +272,7 @@ def _run_cells(args, todo, experiment, uri, parent_id, out_root, claims, counts,
         tracking.log_tune(curve, summary, cascade=list(c.cascade), method=c.method, params=dict(c.params),
                           records_path=c.records_path, records_df=records_cache[c.records_path],
                           cell_key=c.key, parent_run_id=parent_id, output_fingerprint=M.output_fingerprint(cell_out),
-                          run_name=f"{' -> '.join(c.cascade)} | {c.method} | n={c.n} | seed={c.seed}",
+                          run_name=comparison.run_name(c.method, c.cascade, c.n, c.seed),
                           tags={"cascade.data.records": c.records, "cascade.n": c.n, "cascade.seed": str(c.seed)},
                           extra_params={"n": c.n, "seed": c.seed, "cell_key": c.key})
         counts["logged"] += 1

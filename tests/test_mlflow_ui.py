@@ -109,8 +109,17 @@ def test_tune_several_methods_logs_comparable_children_and_a_parent_table(tmp_pa
         for f in (25, 50, 75):
             assert f"error_at_{f}pct_shared_budget" in r.data.metrics
         assert "test_auc" in r.data.metrics  # the own-range metric stays, next to the shared one
+    # the experiment opens on the runs (not MLflow 3's GenAI overview) and says how to compare
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "auc_shared" in exp.tags["mlflow.note.content"]
+    # provenance: the commit (and where it came from) on parent and children
+    for r in [parent, *children]:
+        assert r.data.tags["mlflow.source.git.commit"]
+        assert r.data.tags["cascade.git_commit_source"] in ("repository", "env CASCADE_GIT_COMMIT")
     arts = [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert "comparison_table.json" in arts
+    plots = [a.path for a in client.list_artifacts(parent.info.run_id, "comparison")]
+    assert plots == ["comparison/llama3.2-1b-llama3.2-3b.png"]
     local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="comparison_table.json",
                                                 tracking_uri=uri, dst_path=str(tmp_path / "dl"))
     logged = json.loads(Path(local).read_text())
@@ -123,3 +132,24 @@ def test_tune_several_methods_refuses_a_param_without_method(tmp_path):
     code = cli.main(["tune", "--results", str(RECORDS), "--models", "llama3.2-1b,llama3.2-3b",
                      "--method", "grid,random", "--param", "n_quantiles=10", "--out", str(tmp_path / "o")])
     assert code == 2 and not (tmp_path / "o").exists()
+
+
+def test_provenance_under_a_ray_job(tmp_path, monkeypatch):
+    """In a `ray job submit` driver: the submitting side's commit from the runtime env, the job's submission id,
+    and a relative or missing tracking URI refused (it would land in the job's temporary folder)."""
+    import tracking
+    from tracking import mlflow_log
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"metadata": {"job_submission_id": "raysubmit_X1"}}))
+    monkeypatch.setenv("CASCADE_GIT_COMMIT", "abc123")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_log.git_commit() == "abc123"
+    assert mlflow_log.provenance_tags() == {"cascade.git_commit_source": "env CASCADE_GIT_COMMIT",
+                                            "ray.job_submission_id": "raysubmit_X1"}
+    with pytest.raises(tracking.TrackingUnavailable, match="relative"):
+        tracking.tracking_uri("sqlite:///mlflow.db")
+    with pytest.raises(tracking.TrackingUnavailable, match="no tracking URI was given"):
+        tracking.tracking_uri(None)
+    assert tracking.tracking_uri(f"sqlite:///{tmp_path / 'm.db'}") == f"sqlite:///{tmp_path / 'm.db'}"
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert tracking.tracking_uri("sqlite:///mlflow.db").endswith("/mlflow.db")  # outside a job: made absolute

@@ -18,6 +18,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from cascade.evaluate import comparison
 from cascade.evaluate import metrics as M
 
 from .redact import redact_secrets
@@ -26,8 +27,30 @@ from .store import configure, experiment_id, guard, tracking_uri, write_lock
 OUTPUT_FINGERPRINT_TAG = "cascade.output_fingerprint"
 
 
+GIT_COMMIT_ENV = "CASCADE_GIT_COMMIT"  # the submitting side's commit, passed in a Ray job's runtime env
+
+
 def git_commit() -> str:
-    return M.git_commit()
+    """``$CASCADE_GIT_COMMIT`` (a Ray job runs in a copy without .git: pass the submitting side's commit in
+    the runtime env), else the repository's HEAD, else "unknown"."""
+    return os.environ.get(GIT_COMMIT_ENV) or M.git_commit()
+
+
+def provenance_tags() -> dict:
+    """Where a run was made: the Ray job's submission id when the driver runs under `ray job submit`, and
+    where the git commit came from."""
+    from .store import RAY_JOB_ENV
+
+    tags = {"cascade.git_commit_source": "env " + GIT_COMMIT_ENV if os.environ.get(GIT_COMMIT_ENV) else "repository"}
+    raw = os.environ.get(RAY_JOB_ENV)
+    if raw:
+        try:
+            meta = (json.loads(raw) or {}).get("metadata") or {}
+        except ValueError:
+            meta = {}
+        if meta.get("job_submission_id"):
+            tags["ray.job_submission_id"] = str(meta["job_submission_id"])
+    return tags
 
 
 def data_fingerprint(data) -> str:
@@ -75,7 +98,8 @@ def parent_run(experiment: str, run_name: str, *, params: dict | None = None, ta
     import mlflow
 
     configure(uri, experiment)
-    all_tags = {"cascade.kind": "parent", "mlflow.source.git.commit": git_commit(), **(tags or {})}
+    all_tags = {"cascade.kind": "parent", "mlflow.source.git.commit": git_commit(), **provenance_tags(),
+                **(tags or {})}
 
     def start():
         if run_id:
@@ -185,7 +209,8 @@ def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method:
     from cascade.evaluate.plots import error_cost_figure
 
     benchmark = summary.get("benchmark") or "unknown"
-    name = run_name or f"{method} | {' -> '.join(cascade)}"
+    name = run_name or comparison.run_name(method, cascade, summary.get("n", "all"),
+                                           (summary.get("params") or {}).get("seed", 0))
     fp = data_fingerprint(records_path) if records_path else (
         data_fingerprint(records_df) if records_df is not None else "unknown")
     degenerate = M.degenerate_reasons(curve, summary)
@@ -193,7 +218,8 @@ def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method:
     run_tags = {"cascade.kind": "tune", "cascade.method": method, "cascade.cascade": " -> ".join(cascade),
                 "cascade.benchmark": benchmark, "cascade.data_fingerprint": fp,
                 "mlflow.source.git.commit": commit, "cascade.degenerate": "true" if degenerate else "false",
-                "cascade.cell_key": cell_key, OUTPUT_FINGERPRINT_TAG: output_fingerprint, **(tags or {})}
+                "cascade.cell_key": cell_key, OUTPUT_FINGERPRINT_TAG: output_fingerprint, **provenance_tags(),
+                **(tags or {})}
     if degenerate:
         run_tags["cascade.degenerate_reason"] = "; ".join(degenerate)[:5000]
     if summary.get("transform") is not None:
@@ -366,9 +392,10 @@ def find_logged_output(experiment: str, fingerprint: str, kind: str | None = Non
 
 
 def log_summary(*, tables: dict[str, pd.DataFrame] | None = None, metrics: dict | None = None,
-                run_id: str | None = None) -> None:
-    """Tables (``mlflow.log_table``, one JSON artifact each) and metrics on a run (default: the active one),
-    e.g. a comparison table on a parent run."""
+                run_id: str | None = None, figures: dict | None = None, tags: dict | None = None) -> None:
+    """Tables (``mlflow.log_table``, one JSON artifact each), figures (``mlflow.log_figure``: artifact path ->
+    matplotlib Figure), tags and metrics on a run (default: the active one), e.g. a comparison table and the
+    overlaid error-cost plots on a parent run."""
     import mlflow
 
     with guard("logging the summary tables"), write_lock():
@@ -376,4 +403,8 @@ def log_summary(*, tables: dict[str, pd.DataFrame] | None = None, metrics: dict 
         with ctx:
             for name, table in (tables or {}).items():
                 mlflow.log_table(table, artifact_file=name)
+            for name, fig in (figures or {}).items():
+                mlflow.log_figure(fig, name)
+            if tags:
+                mlflow.set_tags(_tags(tags))
             _log_metrics(metrics or {})

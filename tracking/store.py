@@ -80,6 +80,29 @@ def guard(what: str, uri: str | None = None):
 # Where the store is
 # ------------------------------------------------------------------------------------------------
 
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor in a `ray job submit` driver
+
+
+def in_ray_job() -> bool:
+    return bool(os.environ.get(RAY_JOB_ENV))
+
+
+def _refuse_in_ray_job(given: str, path: str, source: str) -> None:
+    """Inside a `ray job submit` driver the working directory (and this repository's copy, where the default
+    store lives) is a temporary folder Ray deletes: a relative or default SQLite store would vanish with it."""
+    if not in_ray_job():
+        return
+    if not source:
+        raise TrackingUnavailable("inside a Ray job no tracking URI was given, and the default store would be written "
+                                  "into the job's temporary copy of the repository (deleted afterwards): pass "
+                                  "--tracking-uri sqlite:////ABS/PATH/mlflow.db (a disk the submitting side sees) "
+                                  "or http(s)://HOST:PORT, or set MLFLOW_TRACKING_URI in the runtime env")
+    if not Path(path).expanduser().is_absolute():
+        raise TrackingUnavailable(f"{source} {given!r} is relative: inside a Ray job it would resolve into the job's "
+                                  "temporary working directory (deleted afterwards); give an absolute path "
+                                  "(sqlite:////ABS/PATH/mlflow.db) or http(s)://HOST:PORT")
+
+
 def tracking_uri(uri: str | None = None) -> str:
     """Explicit ``uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<repo>/mlflow.db``; SQLite paths made absolute
     (a Ray job runs in a temporary working directory, where a relative path would point elsewhere)."""
@@ -90,9 +113,11 @@ def tracking_uri(uri: str | None = None) -> str:
         path = given[len("sqlite:///"):]
         if not path or path.endswith("/"):
             raise TrackingUnavailable(f"{source or 'tracking URI'} {given!r} names no database file: {fix}")
+        _refuse_in_ray_job(given, path, source)
         return f"sqlite:///{Path(path).expanduser().resolve()}"
     if "://" not in given:
         if given.endswith(".db"):
+            _refuse_in_ray_job(given, given, source)
             return f"sqlite:///{Path(given).expanduser().resolve()}"
         raise TrackingUnavailable(f"{source or 'tracking URI'} {given!r} is not a tracking URI: {fix} "
                                   "(MLflow's file store is deprecated)")
@@ -213,6 +238,20 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return None  # a tracking server decides (its --artifacts-destination / --default-artifact-root)
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"
+EXPERIMENT_DESCRIPTION = (
+    "cascade-eval: tuning runs of LLM cascades (deferral thresholds tuned on a training split, error and cost "
+    "measured on a test split).\n\n"
+    "- Compare methods: group the runs table by the tag `cascade.method` and look at `auc_shared` (mean test "
+    "error over the cost range every method's curve covers on that cascade; lower is better). `test_auc` and "
+    "`test_error_at_*pct_budget` are on each curve's own cost range and do not compare across methods.\n"
+    "- A parent run (tag `cascade.kind=parent`) holds the comparison table (`comparison_table.json`) and one "
+    "overlaid error-cost plot per cascade (`comparison/*.png`).\n"
+    "- `cascade.degenerate=true` (metric `degenerate`=1) flags a curve that cannot be trusted as a curve; the "
+    "tag `cascade.degenerate_reason` says why.")
+
+
 def configure(uri: str | None = None, experiment: str = "cascade-eval") -> str:
     """Point MLflow at the store and make ``experiment`` current (created if missing); returns its id."""
     import mlflow
@@ -229,6 +268,12 @@ def configure(uri: str | None = None, experiment: str = "cascade-eval") -> str:
                                       "or pick another --experiment")
         exp_id = exp.experiment_id if exp else client.create_experiment(
             experiment, artifact_location=_artifact_location(uri, experiment))
+        have = dict(exp.tags) if exp else {}
+        # without the kind tag MLflow 3's UI opens an experiment on its GenAI overview (traces, all "No data")
+        if have.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if not have.get(DESCRIPTION_TAG):  # a description a person wrote is kept
+            client.set_experiment_tag(exp_id, DESCRIPTION_TAG, EXPERIMENT_DESCRIPTION)
         mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

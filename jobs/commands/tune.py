@@ -219,7 +219,7 @@ def run_tune(args) -> int:
     print(f"wrote {len(cascades)} curve(s) under {out}")
     if getattr(args, "track", False):
         return track_outputs(args, written, args.benchmark, Path(args.results).resolve(), None,
-                             run_name=f"tune {args.method}: {args.models}")
+                             run_name=f"tune | {'>'.join(models)} | method={args.method}")
     return 0
 
 
@@ -318,7 +318,12 @@ def track_comparison(args, runs, table, shared, plots) -> int:
                                   tags={"cascade.logged_from": str(r["folder"]),
                                         **({"cascade.shared_note": note} if note else {})},
                                   output_fingerprint=metrics.output_fingerprint(r["folder"]))
-            tracking.log_summary(tables={"comparison_table.json": table}, run_id=parent.info.run_id)
+            figures = {f"comparison/{outputs.cascade_folder(key[1])}.png": comparison.overlay_figure(
+                {r["method"]: r["curve"] for r in runs if tuple(r["cascade"]) == key[1]},
+                f"{key[0]}: {' -> '.join(key[1])}: test error vs cost", s) for key, s in shared.items()}
+            degenerate = table[table["degenerate"]]
+            tracking.log_summary(tables={"comparison_table.json": table}, figures=figures, run_id=parent.info.run_id,
+                                 tags={"cascade.n_degenerate": str(len(degenerate))})
     except tracking.TrackingUnavailable as e:
         print(f"cascade tune: tracking failed: {e}\n  the results are safe under {args.out}", file=sys.stderr)
         return 3
