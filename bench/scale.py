@@ -15,8 +15,9 @@ RSS are those of that step alone:
 
 and prints one row per size and step, then the growth exponent between consecutive sizes
 (log(t2 / t1) / log(n2 / n1); 1 = linear). ``--breakdown`` adds, in this process, the time and peak RSS
-of each stage of a k-model markov-copula tune at the largest size: load, pivot (``cascade_data``),
-calibration, model fit, threshold search, test curve.
+of each stage of a k-model markov-copula tune at the largest size: reading the cascade's arrays
+(``records.load_cascade``), calibration, model fit, threshold search, test curve (and, for comparison,
+reading the whole store into pandas).
 
 The subprocesses run with ``--blas-threads`` BLAS/OpenMP threads (default 1: on a busy 2-core machine
 two OpenBLAS threads cost more than they give); the value is printed. Targets (issue 13), at 1e6
@@ -89,7 +90,8 @@ def run_step(cmd: list[str], env: dict, log: Path) -> dict:
 
 
 def breakdown(store: Path, models: list[str]) -> list[tuple[str, float, float, float]]:
-    """Stages of one markov-copula tune, in this process: (stage, wall s, cpu s, peak RSS MB so far)."""
+    """Stages of one markov-copula tune as ``cascade tune`` runs them, in this process: (stage, wall s,
+    CPU s, peak RSS MB so far). The last stage reads the whole store into pandas, for comparison."""
     import resource
 
     from cascade.data import records
@@ -104,35 +106,15 @@ def breakdown(store: Path, models: list[str]) -> list[tuple[str, float, float, f
                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
         return out
 
-    df = stage("load (records.load)", lambda: records.load(store))
-    # prepare = pivot (cascade_data, train and test) + calibration: time the pivot calls inside it
-    pivot = {"wall": 0.0, "cpu": 0.0}
-    inner = tune.cascade_data
-
-    def timed_pivot(*a, **kw):
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            return inner(*a, **kw)
-        finally:
-            pivot["wall"] += time.perf_counter() - t0
-            pivot["cpu"] += time.process_time() - c0
-
-    tune.cascade_data = timed_pivot
-    try:
-        t0, c0 = time.perf_counter(), time.process_time()
-        train, test, _ = tune.prepare(df, models=models, cost_mode="model-mean")
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    finally:
-        tune.cascade_data = inner
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rows.append(("pivot (cascade_data train+test)", pivot["wall"], pivot["cpu"], rss))
-    rows.append(("calibration (rest of prepare)", wall - pivot["wall"], cpu - pivot["cpu"], rss))
+    data = stage("read arrays (records.load_cascade)", lambda: records.load_cascade(store, models, ("train", "test")))
+    train, test, _ = stage("calibration (tuning.prepare)", lambda: tune.prepare(data, models=models))
     tuner = stage("fit + threshold search", lambda: tune.get_method("markov-copula")().fit(train))
     d = tuner.diagnostics_
     rows.append(("  of which model fit", d["fit_seconds"], float("nan"), float("nan")))
     rows.append(("  of which threshold search", d["tune_seconds"], float("nan"), float("nan")))
-    stage("test curve (curve_frame)", lambda: tune.curve_frame("markov-copula", models, tuner.thresholds_,
-                                                              tuner.train_error_, tuner.train_cost_, test))
+    stage("test curve (tuning.curve_frame)", lambda: tune.curve_frame("markov-copula", models, tuner.thresholds_,
+                                                                     tuner.train_error_, tuner.train_cost_, test))
+    stage("(whole store into pandas: records.load)", lambda: records.load(store))
     return rows
 
 
