@@ -239,6 +239,10 @@ CASES = [
         _prices(tmp, "small: {input: .nan, output: 0.2}\nlarge: {input: 1, output: 2}\n")], 2, "non-finite price"),
     Case("empty-csv", _raw("in.csv", b""), 2, "in.csv: cannot be read as CSV"),
     Case("garbage-parquet", _raw("in.parquet", b"PAR1 not really"), 2, "in.parquet: cannot be read as Parquet"),
+    Case("optional-column-wrong-type", _mut(lambda df: df.assign(accelerator_seconds="fast")), 2,
+         "optional column 'accelerator_seconds' must hold double"),
+    Case("optional-column-wrong-type-csv", _mut(lambda df: df.assign(ptrue_input_tokens=0.5), name="in.csv"), 2,
+         "optional column 'ptrue_input_tokens' must hold int64"),
     Case("out-is-a-file", _file_as_out, 2, "is a file"),
     Case("out-below-a-file", _below_file, 2, "lies below the file"),
     Case("out-inside-a-store", lambda tmp, store: [

@@ -11,6 +11,13 @@ Every shard is written with a sidecar manifest ``<shard>.manifest.json`` (sha256
 count; :func:`verify_part`) and every write to a store holds the store's lock ``<store>/store.lock``
 (:func:`store_lock`).
 
+At scale (millions of rows): import checks a Parquet file column by column in Arrow/numpy
+(:func:`validate_table`, names dictionary-encoded, one sort for duplicates and coverage) and writes
+each shard from the sorted rows; :func:`load_cascade` reads a store for one cascade (only its columns,
+models and splits, files and row groups chosen by the footers' statistics, only the files read
+hashed) into (n, k) arrays without a pandas pivot. :func:`load` / :func:`load_table` read any part
+of a store with the same pushdown; :func:`describe` says what a store holds from its footers.
+
 Confidence-signal columns are ``confidence`` and every column named ``conf_*`` (float64, log-prob
 style signals; +-inf are legal, NaN is not).
 """
@@ -424,6 +431,29 @@ def _signal_values(inp: _Input, sig: str, source: str) -> np.ndarray:
     return s
 
 
+def _optional_values(inp: _Input, col: str, source: str) -> pa.ChunkedArray:
+    """An optional column in its schema type (text columns: any values as text)."""
+    typ = OPTIONAL_FIELDS[col]
+    try:
+        if inp.is_arrow:
+            c = inp.column(col)
+            try:
+                return c.cast(typ)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                if typ != pa.string():
+                    raise
+                s = c.to_pandas()
+        else:
+            s = inp.series(col)
+        if typ == pa.string():
+            s = s.astype("string")
+        return pa.chunked_array([pa.array(s, typ, from_pandas=True)])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RecordsError(f"{source}: optional column {col!r} must hold {typ} values ({first}); fix its values "
+                           "or drop the column (it is optional)") from None
+
+
 def _small_int(n: int) -> type:
     """The narrowest signed integer type holding 0..n-1 (numpy's stable sort is a radix sort up to 16 bits)."""
     return np.int8 if n <= 127 else np.int16 if n <= 32767 else np.int32 if n <= 2 ** 31 - 1 else np.int64
@@ -434,7 +464,7 @@ class Validated:
     """Records that passed :func:`validate_table`, held column by column, and their order in the store.
 
     ``keys``: benchmark, split and model as (codes, values); ``num``: query_id, tokens (int64), correct,
-    cost and signals (float64); ``extra``: optional columns as given. ``order`` lists the rows by
+    cost and signals (float64); ``extra``: optional columns (Arrow, in their schema types). ``order`` lists the rows by
     (benchmark, model, split, query_id) (names sorted as strings); ``segments`` maps each
     (benchmark, model, split) to its slice of ``order``."""
 
@@ -472,7 +502,8 @@ class Validated:
             if f.name in self.keys:
                 codes, values = self.keys[f.name]
                 c = codes if rows is None else codes[rows]
-                cols.append(pa.DictionaryArray.from_arrays(pa.array(c), pa.array(values, pa.string())).cast(pa.string()))
+                names = pa.array(values, pa.string())
+                cols.append(pa.DictionaryArray.from_arrays(pa.array(c), names).cast(pa.string()))
             elif f.name in self.num:
                 a = self.num[f.name]
                 cols.append(pa.array(a if rows is None else a[rows], f.type))
@@ -481,21 +512,8 @@ class Validated:
         return pa.Table.from_arrays(cols, schema=schema)
 
     def _extra(self, f: pa.Field, rows) -> pa.Array:
-        v = self.extra[f.name]
-        if isinstance(v, pd.Series):
-            v = v if rows is None else v.iloc[rows]
-            s = v.astype("string") if f.type == pa.string() else v
-            try:
-                return pa.array(s, f.type, from_pandas=True)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-                raise RecordsError(f"{self.source}: optional column {f.name!r} must hold {f.type} values ({e})") from None
-        c = v if rows is None else v.take(pa.array(rows))
-        try:
-            return c.cast(f.type).combine_chunks()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            if f.type == pa.string():
-                return pa.array(c.to_pandas().astype("string"), pa.string(), from_pandas=True)
-            raise RecordsError(f"{self.source}: optional column {f.name!r} must hold {f.type} values ({e})") from None
+        c = self.extra[f.name]  # already of the field's type (validate_table)
+        return (c if rows is None else c.take(pa.array(rows))).combine_chunks()
 
     def summary(self) -> pd.DataFrame:
         """Models and queries per (benchmark, split), as `cascade import` prints it."""
@@ -575,10 +593,7 @@ def validate_table(data: pa.Table | pd.DataFrame, *, prices: PriceTable | None =
         num[sig] = _signal_values(inp, sig, source)
 
     order, segments = _order(keys, num["query_id"], source)
-    extra = {}
-    for col in OPTIONAL_FIELDS:
-        if col in inp.columns:
-            extra[col] = inp.column(col) if inp.is_arrow else inp.series(col)
+    extra = {col: _optional_values(inp, col, source) for col in OPTIONAL_FIELDS if col in inp.columns}
     return Validated(inp.n, keys, num, extra, signals, order, segments, source)
 
 
@@ -944,7 +959,8 @@ def _check_against_store(v: Validated, idx: Mapping[Path, Mapping], replaced: se
             )
 
 
-def write_records(records: pd.DataFrame | Validated, store: str | os.PathLike, *, overwrite: bool = False) -> list[Path]:
+def write_records(records: pd.DataFrame | Validated, store: str | os.PathLike, *,
+                  overwrite: bool = False) -> list[Path]:
     """Add records to a store, one shard per (benchmark, model), holding the store's lock.
 
     ``records``: a :class:`Validated` (from :func:`validate_table`) or a frame (validated here). Refuses
