@@ -44,7 +44,8 @@ def test_recipe_block_is_marked_and_complete():
     # an absolute store, and stopping only this head
     for needle in ("export RAY_AUTH_MODE=token", "ray get-auth-token --generate", ".venv/bin", "--temp-dir=",
                    "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "ray job submit",
-                   '--tracking-uri "sqlite:///$STORE"', "$PWD/mlflow.db", "kill -TERM -- -$HEAD_PID", "wait $HEAD_PID"):
+                   '--tracking-uri "sqlite:///$STORE"', "$PWD/mlflow.db", "kill -TERM -- -$HEAD_PID", "wait $HEAD_PID",
+                   "CASCADE_GIT_COMMIT"):
         assert needle in block, needle
     assert "ray stop" not in block.replace("`ray stop`", "")  # never stops other Rays
     assert not re.search(r"/(work|tmp|home)/", block)  # no machine paths
@@ -116,7 +117,16 @@ def test_recipe_runs_as_written(tmp_path):
             rows = db.execute("select r.status from runs r join experiments e on r.experiment_id = e.experiment_id "
                               "join tags t on t.run_uuid = r.run_uuid where e.name = 'sweep-tiny' "
                               "and t.key = 'cascade.cell_key'").fetchall()
+            head_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                         text=True).stdout.strip()
+            tags = db.execute("select t.key, t.value from tags t join runs r on t.run_uuid = r.run_uuid "
+                              "join experiments e on r.experiment_id = e.experiment_id "
+                              "where e.name = 'sweep-tiny'").fetchall()
         assert sorted(s for (s,) in rows) == ["FINISHED"] * 4
+        commits = {v for k, v in tags if k == "mlflow.source.git.commit"}
+        assert commits == {head_commit}, commits  # the submitting side's commit, not "unknown"
+        assert {v for k, v in tags if k == "ray.job_submission_id"} and \
+            all(v.startswith("raysubmit_") for k, v in tags if k == "ray.job_submission_id")
         assert (out / "sweep-tiny").is_dir()
         # the head is gone: nothing left running that names this head's temp dir
         deadline = time.time() + 10
