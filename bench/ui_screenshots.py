@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -61,9 +62,16 @@ def _search(base: str, exp_id: str, flt: str, n: int = 50) -> list[dict]:
     return _api(base, "runs/search", {"experiment_ids": [exp_id], "filter": flt, "max_results": n}).get("runs", [])
 
 
-def _artifacts(base: str, run_id: str) -> list[str]:
-    files = _api(base, "artifacts/list", query=f"run_id={run_id}").get("files", [])
-    return [f["path"] for f in files if not f.get("is_dir")]
+def _artifacts(base: str, run_id: str, path: str = "", depth: int = 2) -> list[str]:
+    """The run's artifact files (folders listed ``depth`` levels down)."""
+    q = f"run_id={run_id}" + (f"&path={urllib.parse.quote(path)}" if path else "")
+    out = []
+    for f in _api(base, "artifacts/list", query=q).get("files", []):
+        if not f.get("is_dir"):
+            out.append(f["path"])
+        elif depth > 0:
+            out += _artifacts(base, run_id, f["path"], depth - 1)
+    return out
 
 
 def grouped_view(method_tag: str = "cascade.method", metric: str = "auc_shared") -> dict:
