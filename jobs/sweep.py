@@ -226,6 +226,7 @@ def run(args) -> int:
                                failures, written, tqdm, M, tracking)
             if error is not None:
                 raise error
+            _log_comparison(cells, out_root, experiment, uri, tracking)
     except tracking.TrackingUnavailable as e:
         claims.release_all()
         report()
@@ -238,6 +239,50 @@ def run(args) -> int:
         claims.release_all()
     report()
     return 0 if not failures else 3
+
+
+def _log_comparison(cells, out_root: Path, experiment: str, uri: str, tracking) -> None:
+    """Methods tuned on the same cascade (same records, n and seed): their shared cost range, computed once
+    per cascade, and the metrics on it (``auc_shared``, error at shared budgets) on every cell's run; the
+    comparison table and one overlaid error-cost plot per cascade on the sweep's parent (the active run)."""
+    from cascade.evaluate import comparison
+    from cascade.evaluate import metrics as M
+    from cascade.evaluate.outputs import cascade_folder
+
+    runs = []
+    for c in cells:
+        folder = out_root / c.key
+        if not (folder / "summary.json").exists():
+            continue  # a cell another sweep's out folder holds, or a failed one
+        curve, summary = M.read_tune_output(folder)
+        runs.append({"cascade": list(c.cascade), "method": c.method, "curve": curve, "summary": summary,
+                     "benchmark": f"{c.records}:{c.benchmark or summary.get('benchmark')}", "n": c.n,
+                     "seed": c.seed, "cell_key": c.key})
+    if len({r["method"] for r in runs}) < 2:
+        return
+    table, shared = comparison.comparison_table(runs)
+    done, _ = tracking.finished_cells(experiment, uri)
+    for r in runs:
+        key = (r["benchmark"], tuple(r["cascade"]), str(r["n"]), r["seed"])
+        s = shared[key]
+        if len(s.metrics) < 2 or r["cell_key"] not in done:
+            continue
+        note = s.notes.get(r["method"])
+        tracking.log_summary(metrics=s.metrics[r["method"]], run_id=done[r["cell_key"]],
+                             tags={"cascade.shared_note": note} if note else None)
+    figures = {}
+    for key, s in shared.items():
+        if len(s.metrics) < 2:
+            continue
+        curves = {r["method"]: r["curve"] for r in runs
+                  if (r["benchmark"], tuple(r["cascade"]), str(r["n"]), r["seed"]) == key}
+        name = f"comparison/{cascade_folder(key[1])}_n{key[2]}_seed{key[3]}.png"
+        figures[name] = comparison.overlay_figure(curves, f"{key[0]}: {' -> '.join(key[1])}, n={key[2]}, "
+                                                          f"seed={key[3]}", s)
+    tracking.log_summary(tables={"comparison_table.json": table}, figures=figures,
+                         tags={"cascade.comparison": "true", "cascade.n_degenerate": str(int(table["degenerate"].sum()))})
+    print(f"compared {table['method'].nunique()} methods on {len(figures)} cascade(s) x size x seed on their shared "
+          "cost range: auc_shared on every cell's run, the table and plots on the parent", flush=True)
 
 
 def _run_cells(args, todo, experiment, uri, parent_id, out_root, claims, counts, failures, written, tqdm, M,

@@ -153,3 +153,33 @@ def test_provenance_under_a_ray_job(tmp_path, monkeypatch):
     assert tracking.tracking_uri(f"sqlite:///{tmp_path / 'm.db'}") == f"sqlite:///{tmp_path / 'm.db'}"
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     assert tracking.tracking_uri("sqlite:///mlflow.db").endswith("/mlflow.db")  # outside a job: made absolute
+
+
+@pytest.mark.slow
+def test_sweep_logs_shared_metrics_on_every_cell_and_the_comparison_on_its_parent(tmp_path):
+    """examples/sweep-tiny.yaml: 2 cascades x (markov-copula, grid): every cell's run carries auc_shared on its
+    cascade's shared range, the parent the table and one overlaid plot per cascade."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs import sweep
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert sweep.main([str(ROOT / "examples" / "sweep-tiny.yaml"), "--no-progress", "--tracking-uri", uri,
+                       "--out", str(tmp_path / "out")]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sweep-tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    cells = [r for r in runs if r.data.tags.get("cascade.kind") == "tune"]
+    (parent,) = [r for r in runs if r.data.tags.get("cascade.kind") == "parent"]
+    assert len(cells) == 4
+    by_cascade: dict = {}
+    for r in cells:
+        assert r.info.run_name.startswith(r.data.tags["cascade.method"] + " | ")
+        assert np.isfinite(r.data.metrics["auc_shared"])
+        by_cascade.setdefault(r.data.tags["cascade.cascade"], set()).add(
+            (r.data.metrics["shared_cost_lo"], r.data.metrics["shared_cost_hi"]))
+    assert all(len(v) == 1 for v in by_cascade.values())  # one shared range per cascade, on every method's run
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "comparison_table.json" in arts
+    assert len(client.list_artifacts(parent.info.run_id, "comparison")) == 2
