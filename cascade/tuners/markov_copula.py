@@ -437,7 +437,8 @@ class MarkovCopulaModel:
         step = grid[1] - grid[0]
         if not step > 0:
             return np.zeros(np.shape(t))
-        return np.nan_to_num((np.clip(t, grid[0], grid[-1]) - grid[0]) / step, nan=0.0)
+        r = (np.clip(t, grid[0], grid[-1]) - grid[0]) / step  # finite unless t is NaN
+        return np.where(np.isnan(r), 0.0, r)
 
     @staticmethod
     def _interp_uni(grid, tab, t):
@@ -454,8 +455,9 @@ class MarkovCopulaModel:
         f0 = np.minimum(np.floor(r0).astype(int), len(gi) - 1)
         f1 = np.minimum(np.floor(r1).astype(int), len(gj) - 1)
         w0, w1 = r0 - f0, r1 - f1
-        i0 = np.minimum(np.where(np.isclose(w0, 0.0), f0, f0 + 1), len(gi) - 1)
-        i1 = np.minimum(np.where(np.isclose(w1, 0.0), f1, f1 + 1), len(gj) - 1)
+        # np.isclose(w, 0.0) on finite w, without its overhead (this runs at every optimiser step)
+        i0 = np.minimum(np.where(np.abs(w0) <= 1e-8, f0, f0 + 1), len(gi) - 1)
+        i1 = np.minimum(np.where(np.abs(w1) <= 1e-8, f1, f1 + 1), len(gj) - 1)
         base = tab[f0, f1]
         return base + w0 * (tab[i0, f1] - base) + w1 * (tab[f0, i1] - base)
 
