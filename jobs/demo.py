@@ -66,8 +66,36 @@ def _tune_all(df: pd.DataFrame, label: str, chain: list[str], methods: list[str]
                                        parent_run_id=parent_id, tags={"cascade.demo_records": label})
         rows.append({"records": label, "cascade": " -> ".join(casc), "k": len(casc), "method": method,
                      "test_cost": res.curve["test_cost"].to_numpy(), "test_error": res.curve["test_error"].to_numpy(),
-                     "test_auc_own": res.summary["test_auc"], "seconds": res.summary["seconds"], "run_id": run_id})
+                     "test_auc_own": res.summary["test_auc"], "seconds": res.summary["seconds"], "run_id": run_id,
+                     "degenerate": list(res.summary.get("degenerate") or [])})
     return rows
+
+
+def shared_comparison(rows: list[dict], tracking) -> tuple[pd.DataFrame, dict]:
+    """Each cascade's shared cost range, computed once for all its methods: ``auc_shared`` and the errors at
+    shared budgets logged on every tuning run (next to its own-range metrics); returns the comparison table
+    and one overlaid error-cost figure per cascade for the parent."""
+    from cascade.evaluate import comparison as C
+    from cascade.evaluate.outputs import cascade_folder
+
+    runs = [{"cascade": r["cascade"].split(" -> "), "method": r["method"], "benchmark": r["records"],
+             "curve": pd.DataFrame({"test_cost": r["test_cost"], "test_error": r["test_error"]}),
+             "summary": {"test_auc": r["test_auc_own"], **({"degenerate": r["degenerate"]} if "degenerate" in r
+                                                           else {})},
+             "run_id": r.get("run_id")} for r in rows]
+    table, shared = C.comparison_table(runs)
+    for r in runs:
+        s = shared[(r["benchmark"], tuple(r["cascade"]), "all", 0)]
+        if r["run_id"]:
+            note = s.notes.get(r["method"])
+            tracking.log_summary(metrics=s.metrics[r["method"]], run_id=r["run_id"],
+                                 tags={"cascade.shared_note": note} if note else None)
+    figures = {}
+    for key, s in shared.items():
+        curves = {r["method"]: r["curve"] for r in runs if (r["benchmark"], tuple(r["cascade"])) == key[:2]}
+        name = f"comparison/{key[0].split()[0]}_{cascade_folder(key[1])}.png"
+        figures[name] = C.overlay_figure(curves, f"{key[0]}: {' -> '.join(key[1])}: test error vs cost", s)
+    return table, figures
 
 
 def comparison(rows: list[dict], reference: str = REFERENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -198,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             for _, r in summ.iterrows():
                 key = f"{r['records'].split()[0]}.{r['method']}.{r['cascades']}.mean_pct_vs_{REFERENCE}"
                 metrics[key.replace(">=", "ge").replace("=", "")] = r["mean_%_vs_" + REFERENCE]
-            tracking.log_summary(tables={"comparison_per_cascade.json": per, "comparison_summary.json": summ},
-                                 metrics=metrics)
+            table, figures = shared_comparison(rows, tracking)
+            tracking.log_summary(tables={"comparison_per_cascade.json": per, "comparison_summary.json": summ,
+                                         "comparison_table.json": table},
+                                 metrics=metrics, figures=figures,
+                                 tags={"cascade.comparison": "true",
+                                       "cascade.n_degenerate": str(int(table["degenerate"].sum()))})
     except BaseException as e:
         if ctx is not None:
             ctx.__exit__(*sys.exc_info())  # the parent run ends FAILED; the first error is the one raised
