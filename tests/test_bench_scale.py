@@ -1,0 +1,74 @@
+"""bench/scale.py: the resampled stores keep each query's models together, and the script runs its steps as
+CLI subprocesses and reports wall, CPU and peak RSS per size and step."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT / "examples" / "medmcqa-llama.parquet"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("scale", ROOT / "bench" / "scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_resample_keeps_each_querys_models_together(tmp_path):
+    out = tmp_path / "r.parquet"
+    models, rows = _bench().resample(DEV, 700, out, seed=3)
+    src = pq.read_table(DEV).to_pandas()
+    got = pq.read_table(out).to_pandas()
+    assert rows == len(got) == 2 * 700 * len(models) == 2 * 700 * src["model"].nunique()
+    for split in ("train", "test"):
+        g = got[got["split"] == split]
+        assert g["query_id"].nunique() == 700
+        assert (g.groupby("query_id")["model"].nunique() == len(models)).all()
+    assert not set(got[got.split == "train"].query_id) & set(got[got.split == "test"].query_id)
+    # every new query is one source query of the same split: its models' rows match that query's rows
+    cols = ["model", "confidence", "correct", "cost"]
+    key = lambda d: tuple(map(tuple, d.sort_values("model")[cols].to_numpy()))  # noqa: E731
+    source = {(s, key(g)) for (s, _), g in src.groupby(["split", "query_id"])}
+    for (s, _), g in got[got.query_id % 97 == 0].groupby(["split", "query_id"]):
+        assert (s, key(g)) in source
+    # 700 draws with replacement from 300 train queries: repeats
+    assert got[got.split == "train"].groupby("model")["confidence"].nunique().max() <= 300
+
+
+def test_scale_runs_steps_as_subprocesses_and_reports(tmp_path, capsys):
+    js = tmp_path / "m.json"
+    rc = _bench().main(["--sizes", "40,80", "--steps", "import,random", "--workdir", str(tmp_path / "w"),
+                        "--json", str(js)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "BLAS/OpenMP threads per step: 1" in out and "growth exponent" in out
+    got = json.loads(js.read_text())
+    assert [(r["queries"], r["step"]) for r in got["steps"]] == [(40, "import"), (40, "random"),
+                                                                  (80, "import"), (80, "random")]
+    for r in got["steps"]:
+        assert r["rows"] == 10 * r["queries"]  # 2 splits x 5 models
+        assert r["wall_s"] > 0 and r["cpu_s"] > 0 and 30 < r["rss_mb"] < 4000
+    assert (tmp_path / "w" / "out-80-random" / "summary.json").exists()
+
+
+def test_cli_module_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, jobs.cli; heavy = [m for m in ('numpy', 'pandas', 'pyarrow', 'scipy', 'statsmodels', "
+            "'cascade.data.records') if m in sys.modules]; print(heavy); assert not heavy")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_user_error_is_a_value_error():
+    from cascade.errors import UserError
+
+    assert issubclass(UserError, ValueError)
+    assert str(UserError("column x: fix it")) == "column x: fix it"
