@@ -75,9 +75,11 @@ def parse_method_params(items) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def _foreign(folder: Path) -> list[str]:
-    """Entries of an existing folder that are not tune-output files."""
+    """Entries of an existing folder that are not tune-output files. An output file that vanishes while
+    we look (a concurrent writer moved the folder aside) is not foreign: only a folder under an output
+    file's name or another name is."""
     return sorted(p.name for p in folder.iterdir()
-                  if not (p.name in OUTPUT_FILES and p.is_file()) and p.name != LOCK_NAME)
+                  if (p.name not in OUTPUT_FILES and p.name != LOCK_NAME) or (p.name in OUTPUT_FILES and p.is_dir()))
 
 
 def check_out(out, *, unit: bool = True, option: str = "--out") -> Path:
