@@ -20,11 +20,23 @@ calibration, lambda path and curves) and changes the dependence:
   mixture, :class:`~cascade.tuners.markov_copula.EndpointBetaMixture`); ``"ecdf"`` is the training
   distribution itself, discrete-aware: tied values are atoms, untied points are spread uniformly over the
   gap below them (a continuous, piecewise-linear CDF between data points).
-- **Integrals**: :class:`cascade.tuners.joint.MarkovJoint` (forward recursion on a u-space grid), at
-  every optimiser step; predictions on the curve are the same numbers.
+- **Correctness given the previous model** (``correctness``): the paper takes P(model j correct) = c_j.
+  Queries that reach model j are those the earlier models were unsure of, and the previous model's
+  confidence often predicts j's correctness beyond c_j. ``"auto"`` fits a logistic regression of
+  correct_j on logit c_j and logit c_{j-1} per model j >= 2 and keeps it where the criterion prefers it
+  to the calibrated confidence (:func:`fit_correctness`); ``"calibrated"`` never, ``"conditional"``
+  always.
+- **Beyond Markov** (``structure``): ``"markov"`` (default), ``"auto"`` (the second tree of a D-vine along
+  the cascade order, pairs (j-1, j+1 | j), chosen by the same criterion, used when any of its edges is
+  not independence), ``"dvine"`` (always the truncated D-vine).
+- **Integrals**: :class:`cascade.tuners.joint.MarkovJoint` / :class:`~cascade.tuners.joint.DVineJoint`
+  (forward recursion on a u-space grid), at every optimiser step; predictions on the curve are the same
+  numbers.
 
 The tuner (:class:`CopulaTuner`) subclasses :class:`~cascade.tuners.markov_copula.MarkovCopulaTuner`: the
-same constructor parameters (lambda path, stop rule, box, gap filling) plus the model's.
+same constructor parameters (lambda path, stop rule, box, gap filling) plus the model's. Defaults
+(``margin="ecdf"``, ``criterion="aic"``, ``start="warm"``, ``structure="markov"``) were chosen on the dev
+data; docs/tuner.md has the numbers of every alternative.
 """
 
 from __future__ import annotations
@@ -137,11 +149,11 @@ class EcdfMargin:
         return np.interp(np.asarray(u, float), self._fk, self._xk)
 
     def atoms_u(self):
-        atom = self.right_ - np.concatenate([[0.0], self.left_[1:]]) > 1e-12
-        return np.concatenate([np.concatenate([[0.0], self.left_[1:]])[atom], self.right_[atom]])
+        atom = self.right_ - self.left_ > 1e-12  # left_[0] = 0: the smallest value is all atom
+        return np.concatenate([self.left_[atom], self.right_[atom]])
 
     def describe(self) -> dict:
-        atoms = int(np.sum(self.right_ - np.concatenate([[0.0], self.left_[1:]]) > 1e-12))
+        atoms = int(np.sum(self.right_ - self.left_ > 1e-12))
         return {"margin": "ecdf", "min": self.m_, "max": self.M_, "n_distinct": int(len(self.v_)), "n_atoms": atoms}
 
 
@@ -299,7 +311,7 @@ class CopulaModel:
 
     integration = "exact"  # read by code written for MarkovCopulaModel; the integrals here have one method
 
-    def __init__(self, margin: str = "ecdf", families=DEFAULT_FAMILIES, criterion: str = "aic",
+    def __init__(self, margin: str = "ecdf", families: str = ",".join(DEFAULT_FAMILIES), criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
                  correctness: str = "auto", structure: str = "markov"):
         vars(self).update(margin=margin, families=_family_names(families), criterion=criterion, ties=ties,
@@ -424,7 +436,8 @@ class CopulaTuner(MarkovCopulaTuner):
     def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
                  lambda_max: float = 1000.0, stop_multiplier: float = 1.25, stop_reference: str = "cascade",
                  reference_cost: float | None = None, max_gap: float = 0.1, eps: float = 1e-3,
-                 start: str = "warm", margin: str = "ecdf", families=DEFAULT_FAMILIES, criterion: str = "aic",
+                 start: str = "warm", margin: str = "ecdf", families: str = ",".join(DEFAULT_FAMILIES),
+                 criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
                  correctness: str = "auto", structure: str = "markov"):
         super().__init__(lambdas=lambdas, growth=growth, max_steps=max_steps, lambda_max=lambda_max,
