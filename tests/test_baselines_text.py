@@ -85,8 +85,14 @@ def test_learned_signal_bad_input():
 def test_minilm_encoder_loads_offline():
     from cascade.tuners.learned import benchmark_questions, load_encoder
 
+    from cascade.data import benchmarks as B
+
     enc = load_encoder()
-    qs = benchmark_questions("medmcqa", "train")
+    root = B.benchmarks_dir()
+    if root is not None and B.local_file(root, "medmcqa", "train") is not None:
+        qs = benchmark_questions("medmcqa", "train")
+    else:  # the benchmark folder is absent beside this checkout: the encoder is what is under test
+        qs = {0: "Which vitamin deficiency causes scurvy?", 1: "What is the drug of choice for absence seizures?"}
     e = enc([qs[0], qs[1], qs[0]])
     assert e.shape == (3, 384)
     assert np.allclose(e[0], e[2]) and not np.allclose(e[0], e[1])
