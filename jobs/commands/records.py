@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from cascade.data import records
-
 
 def register(sub) -> None:
     p = sub.add_parser("import", help="validate per-query x model results (Parquet/CSV) and store them",
@@ -23,6 +21,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from cascade.data import records
+
     prices = records.PriceTable.from_file(args.prices) if args.prices else None
     done = records.import_file(args.file, args.out, prices=prices, overwrite=args.overwrite)
     print(f"imported {done.rows} records into {args.out}")
