@@ -1,6 +1,6 @@
 """Scoring throughput and memory: the Ray Data pipeline (jobs.score.run) against the bare engine.
 
-    .venv/bin/python bench/scoring_throughput.py [--model smollm2-135m] [--n 150] [--scale 10] [--threads 2]
+    .venv/bin/python bench/scoring_throughput.py [--model smollm2-135m] [--n 150] [--scale 10] [--threads 2] [--device cpu|cuda]
 
 1. bare: one in-process engine scores the first ``n`` MMLU test questions shard by shard
    (``cascade.scoring.stage.score_items``, all six signals, so the P(True) pass runs too);
@@ -107,7 +107,8 @@ def config(a, n: int, out: str, signals: list[str]) -> dict:
         "data_dir": a.data_dir, "out": out, "shard_size": a.shard_size, "signals": signals,
         "stages": [{
             "name": a.model, "model": a.model, "engine": "transformers", "dtype": a.dtype, "batch_size": a.batch_size,
-            "resources": {"num_cpus": a.threads, "threads": a.threads}, "price": {"input": 0.01, "output": 0.02},
+            "resources": {"num_cpus": a.threads, "threads": a.threads, "num_gpus": 1 if a.device == "cuda" else 0},
+            "price": {"input": 0.01, "output": 0.02}, **({"device": a.device} if a.device == "cuda" else {}),
         }],
         "ray": {"progress": False},
     }
@@ -124,7 +125,8 @@ def bare(a, n: int, signals: list[str]) -> dict:
     path = materialize(a.model)
     with Meter() as m:
         t0 = time.perf_counter()
-        eng = make_engine("transformers", path, dtype=a.dtype, batch_size=a.batch_size, threads=a.threads)
+        eng = make_engine("transformers", path, dtype=a.dtype, batch_size=a.batch_size, threads=a.threads,
+                          **({"device": a.device} if a.device == "cuda" else {}))
         load = time.perf_counter() - t0
         its = B.items("mmlu", B.load_split("mmlu", "test", data_dir=a.data_dir, limit=n))
         info = StageInfo(a.model, "transformers", path, a.dtype, 0.01, 0.02)
@@ -161,6 +163,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--shard-size", type=int, default=16)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: the transformers engine on one GPU (the stage gets device cuda and num_gpus 1)")
     ap.add_argument("--data-dir", help="folder holding mmlu-test.parquet (default: the benchmark-folder rule)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate bare and pipeline this many times; report each and the median ratio (on a "
@@ -185,7 +189,7 @@ def main() -> None:
 
     ray.shutdown()
     res = {
-        "model": a.model, "dtype": a.dtype, "threads": a.threads, "batch_size": a.batch_size, "shard_size": a.shard_size,
+        "model": a.model, "dtype": a.dtype, "device": a.device, "threads": a.threads, "batch_size": a.batch_size, "shard_size": a.shard_size,
         "data_dir": a.data_dir, "memory_1x": m1, f"memory_{a.scale}x": m10,
         "pairs": [{"bare": x, "pipeline": y} for x, y in pairs], "ratios": ratios,
         "median_ratio": float(statistics.median(ratios)),
@@ -193,7 +197,7 @@ def main() -> None:
     if m1:
         res["peak_rss_growth"] = m10["peak_rss_mb"] / m1["peak_rss_mb"]
         res["driver_peak_rss_growth"] = m10["driver_peak_rss_mb"] / m1["driver_peak_rss_mb"]
-    print(f"model {a.model} ({a.dtype}, {a.threads} threads, batch {a.batch_size}, shard {a.shard_size}); "
+    print(f"model {a.model} ({a.dtype}, {a.device}, {a.threads} threads, batch {a.batch_size}, shard {a.shard_size}); "
           f"bare engine: torch threads {b['torch_threads']}, BLAS {b['blas']}; pipeline actor: torch threads "
           f"{p['torch_threads']}")
     print(f"{'':12s} {'queries':>8s} {'q/s':>7s} {'out tok/s':>9s} {'score s':>8s} {'wall s':>7s} {'CPU s':>7s} "
