@@ -33,11 +33,19 @@ def vertex_thresholds(k: int) -> list[np.ndarray]:
 def expected_score(answer_probs, data: CascadeData) -> dict:
     """Exact expected error and cost of routing each query to model j with probability answer_probs[j]
     (independent of the query); cost is cumulative over the models visited."""
+    return _expected_score(answer_probs, *model_means(data))
+
+
+def model_means(data: CascadeData) -> tuple[np.ndarray, np.ndarray]:
+    """Each model's accuracy and mean cumulative cost on ``data`` (one pass over the arrays)."""
+    return data.correct.mean(axis=0), np.cumsum(data.cost, axis=1).mean(axis=0)
+
+
+def _expected_score(answer_probs, acc: np.ndarray, cum: np.ndarray) -> dict:
+    k = len(acc)
     p = np.asarray(answer_probs, float).reshape(-1)
-    if p.shape[0] != data.k or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
-        raise ValueError(f"answer_probs must be {data.k} non-negative numbers summing to 1, got {p}")
-    acc = data.correct.mean(axis=0)
-    cum = np.cumsum(data.cost, axis=1).mean(axis=0)
+    if p.shape[0] != k or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
+        raise ValueError(f"answer_probs must be {k} non-negative numbers summing to 1, got {p}")
     return {"error": float(1.0 - p @ acc), "cost": float(p @ cum), "shares": p}
 
 
@@ -67,7 +75,8 @@ class RandomRoutingTuner(Tuner):
         k = train.k
         self.thresholds_ = vertex_thresholds(k)
         probs = [np.eye(k)[j] for j in range(k)]
-        scores = [expected_score(p, train) for p in probs]
+        acc, cum = model_means(train)  # once: the k vertices need only the per-model means
+        scores = [_expected_score(p, acc, cum) for p in probs]
         self.train_error_ = np.array([s["error"] for s in scores])
         self.train_cost_ = np.array([s["cost"] for s in scores])
         self.answer_probs_ = probs
