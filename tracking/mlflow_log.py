@@ -58,6 +58,26 @@ def data_fingerprint(data) -> str:
     return M.data_fingerprint(data)
 
 
+def records_provenance(summary: dict, records_path=None, records_df: pd.DataFrame | None = None) -> tuple[str, str]:
+    """``(benchmark, data fingerprint)`` of the records a tuning run was fitted on: the one place every tuning
+    run (`cascade tune`, `cascade log`, sweep cells, the demo) gets them. The benchmark is the summary's, else
+    the records' own when they hold one (the DataFrame's, else the file's or store's footers); the fingerprint
+    is of the records file or store (else of the DataFrame). "unknown" only when no records are given."""
+    benchmark = summary.get("benchmark")
+    if not benchmark and records_df is not None and "benchmark" in records_df and records_df["benchmark"].nunique() == 1:
+        benchmark = str(records_df["benchmark"].iloc[0])
+    if not benchmark and records_path:
+        from cascade.data import records as R
+
+        with contextlib.suppress(Exception):  # unreadable footers: the benchmark stays unknown, logging goes on
+            found = R.describe(records_path).benchmarks
+            if len(found) == 1:
+                benchmark = found[0]
+    fp = data_fingerprint(records_path) if records_path else (
+        data_fingerprint(records_df) if records_df is not None else "unknown")
+    return str(benchmark or "unknown"), fp
+
+
 # ------------------------------------------------------------------------------------------------
 # Runs (started and ended here, so that a failing store never hides the error that came first)
 # ------------------------------------------------------------------------------------------------
@@ -208,11 +228,9 @@ def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method:
 
     from cascade.evaluate.plots import error_cost_figure
 
-    benchmark = summary.get("benchmark") or "unknown"
+    benchmark, fp = records_provenance(summary, records_path, records_df)
     name = run_name or comparison.run_name(method, cascade, summary.get("n", "all"),
                                            (summary.get("params") or {}).get("seed", 0))
-    fp = data_fingerprint(records_path) if records_path else (
-        data_fingerprint(records_df) if records_df is not None else "unknown")
     degenerate = M.degenerate_reasons(curve, summary)
     commit = git_commit()
     run_tags = {"cascade.kind": "tune", "cascade.method": method, "cascade.cascade": " -> ".join(cascade),
@@ -227,9 +245,11 @@ def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method:
     if summary.get("transform_reason"):
         run_tags["cascade.transform_reason"] = str(summary["transform_reason"])[:5000]
     diag = summary.get("diagnostics") or {}
-    if diag.get("storage"):  # an Optuna study: link it
+    if diag.get("storage"):  # an Optuna study in the storage the user gave (--param storage=URL): link it
+        names = diag.get("study_name") or (summary.get("params") or {}).get("study_name")
         run_tags["optuna.storage"] = str(diag["storage"])
-        run_tags["optuna.study_name"] = str(diag.get("study_name") or summary.get("params", {}).get("study_name"))
+        run_tags["optuna.study_name"] = ", ".join(names) if isinstance(names, list) else str(names)
+    optuna_export = diag.get("optuna") if not diag.get("storage") else None
     with _nested(name, parent_run_id, _tags(run_tags)) as run:
         mlflow.log_params(_flat_params({
             "cascade": " -> ".join(cascade), "k": len(cascade), "method": method, "benchmark": benchmark,
@@ -245,6 +265,13 @@ def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method:
             **(extra_params or {}),
         }))
         _log_metrics({**M.tune_metrics(curve, summary), **(extra_metrics or {})})
+        if optuna_export and optuna_export.get("studies"):  # in-memory studies: rebuilt beside the store
+            from . import optuna_studies
+
+            mlflow.set_tags(_tags(optuna_studies.log_studies(
+                optuna_export, run.info.run_id, mlflow.get_tracking_uri(),
+                user_attrs={"cascade": " -> ".join(cascade), "benchmark": benchmark, "method": method,
+                            "mlflow_experiment_id": run.info.experiment_id})))
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             curve.to_parquet(tmp / "curve.parquet", index=False)

@@ -9,8 +9,12 @@ Two ways to trace the error-cost curve:
 
 Samplers: ``tpe`` (Optuna's TPE, multivariate by default in Optuna 5) or ``gp`` (GPSampler, needs
 torch). Everything is seeded by ``seed``. Studies persist in ``storage`` (an Optuna storage URL such
-as ``sqlite:///studies.db``; ``None`` keeps them in memory) under ``study_name`` (+ ``-lambda<i>``
-in scalar mode), and an existing study of that name is resumed.
+as ``sqlite:///studies.db``) under ``study_name`` (+ ``-lambda<i>`` in scalar mode), and an existing
+study of that name is resumed. With ``storage=None`` (the default) the studies live in memory and
+``diagnostics_["optuna"]`` exports their trials (:func:`export_study`; it lands in ``summary.json``), so
+that whoever logs the run can rebuild them in a persistent storage later (``tracking`` does: one SQLite
+beside the MLflow store, study name = the MLflow run id; see docs/tracking.md). The library itself writes
+nothing but ``storage``.
 
 Default budget: 100 trials. With k-1 <= 4 thresholds and at most 300 training queries, the train
 Pareto front stops improving noticeably after ~100 TPE trials, while the protocol fits bayes-opt
@@ -28,6 +32,40 @@ from cascade.data.records import CascadeData
 from cascade.tuners.base import Tuner, register, threshold_bounds
 
 DEFAULT_LAMBDAS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def export_study(study, names: list[str], bounds, *, name: str = "", metric_names=None,
+                 user_attrs=(), extra: dict | None = None) -> dict:
+    """A study's finished trials as plain JSON (what :func:`rebuild_trials` reads back): one row per trial,
+    the parameters ``names`` (uniform on ``bounds``), then the objective values, then ``user_attrs``."""
+    import optuna
+
+    rows = []
+    for tr in study.trials:
+        if tr.state != optuna.trial.TrialState.COMPLETE or tr.values is None:
+            continue
+        rows.append([float(tr.params[nm]) for nm in names] + [float(v) for v in tr.values]
+                    + [float(tr.user_attrs[a]) for a in user_attrs])
+    return {"name": name, "directions": [d.name.lower() for d in study.directions],
+            "metric_names": list(metric_names or []), "param_names": list(names),
+            "bounds": [[float(lo), float(hi)] for lo, hi in bounds], "user_attrs": list(user_attrs),
+            "trials": rows, **(extra or {})}
+
+
+def rebuild_trials(export: dict) -> list:
+    """The ``optuna.trial.FrozenTrial`` list of an :func:`export_study` dict (for ``study.add_trials``)."""
+    import optuna
+
+    names, attrs = export["param_names"], export.get("user_attrs") or []
+    n_values = len(export["directions"])
+    dists = {nm: optuna.distributions.FloatDistribution(lo, hi) for nm, (lo, hi) in zip(names, export["bounds"])}
+    out = []
+    for row in export["trials"]:
+        p = len(names)
+        out.append(optuna.trial.create_trial(
+            params=dict(zip(names, row[:p])), distributions=dists, values=row[p:p + n_values],
+            user_attrs=dict(zip(attrs, row[p + n_values:]))))
+    return out
 
 
 def _train_score(t, data: CascadeData, cum_cost: np.ndarray) -> tuple[float, float]:
@@ -91,6 +129,7 @@ class BayesOptTuner(Tuner):
                 return _train_score(suggest(trial), train, cum_cost)
 
             study.optimize(objective, n_trials=int(self.n_trials))
+            exported = [export_study(study, names, bounds, metric_names=["train_error", "train_cost"])]
             for tr in study.trials:
                 if tr.values is None:
                     continue
@@ -100,6 +139,7 @@ class BayesOptTuner(Tuner):
             n_studies = 1
         else:
             lambdas = list(self.lambdas if self.lambdas is not None else DEFAULT_LAMBDAS)
+            exported = []
             for i, lam in enumerate(lambdas):
                 study = optuna.create_study(direction="minimize", storage=self.storage,
                                             study_name=f"{self.study_name}-lambda{i}", load_if_exists=True,
@@ -113,6 +153,9 @@ class BayesOptTuner(Tuner):
                     return e + lam * c
 
                 study.optimize(objective, n_trials=int(self.n_trials))
+                exported.append(export_study(study, names, bounds, name=f"lambda={float(lam):g}",
+                                             metric_names=["train_error + lambda * train_cost"],
+                                             user_attrs=("error", "cost"), extra={"lambda": float(lam)}))
                 best = study.best_trial
                 cand_t.append(np.array([best.params[nm] for nm in names]))
                 cand_e.append(best.user_attrs["error"])
@@ -129,4 +172,10 @@ class BayesOptTuner(Tuner):
                              "n_studies": n_studies, "n_candidates": int(len(cand_e)),
                              "n_pareto": int(len(keep)), "storage": self.storage,
                              "tune_seconds": time.perf_counter() - t0}
+        if self.storage is None:  # in memory: the trials, so that the studies can be rebuilt where they are logged
+            self.diagnostics_["optuna"] = {"mode": self.mode, "sampler": self.sampler, "seed": int(self.seed),
+                                           "studies": exported}
+        else:
+            self.diagnostics_["study_name"] = self.study_name if self.mode == "multi" else [
+                f"{self.study_name}-lambda{i}" for i in range(n_studies)]
         return self
