@@ -38,11 +38,12 @@ from .store import (
     tracking_uri,
     write_lock,
 )
+from .study import is_study_dir, log_study
 from .sweeps import finished_cells, mark_killed, sweep_parent
 
 __all__ = [
     "DEFAULT_ARTIFACTS", "DEFAULT_DB", "OUTPUT_FINGERPRINT_TAG", "REDACTED", "REPO_ROOT", "TrackingUnavailable",
     "check_reachable", "configure", "data_fingerprint", "experiment_id", "find_finished", "find_logged_output",
-    "finished_cells", "git_commit", "guard", "is_secret_key", "log_scoring", "log_summary", "log_tune", "log_tune_dir",
+    "finished_cells", "git_commit", "guard", "is_secret_key", "is_study_dir", "log_scoring", "log_study", "log_summary", "log_tune", "log_tune_dir",
     "mark_killed", "parent_run", "redact_secrets", "store_exists", "sweep_parent", "tracking_uri", "write_lock",
 ]

@@ -341,3 +341,53 @@ def margin_study(records: pd.DataFrame, models: list[str], *, signal: str = "con
     summary["n_test"] = test.n
     summary["n_train"] = train.n
     return online, summary
+
+
+def _label(v) -> str:
+    """A training-size or length label as a metric-name part: ``all``, ``20``, ``<=30`` -> ``le30``,
+    ``>=3`` -> ``ge3``."""
+    return str(v).replace("<=", "le").replace(">=", "ge").replace(" ", "")
+
+
+def method_metrics(runs: pd.DataFrame, summary: pd.DataFrame, reference: str) -> dict:
+    """What a study says about each (chain, method), as flat metrics (for one tracking run per chain x method,
+    not one per fit): ``{(chain, method): {name: value}}``.
+
+    Per training size n (``n_<n>``), from ``runs`` (the reference compared with itself gives 0 % and its own
+    AUC): ``pct_change.n_<n>`` the mean over cascades of the per-cascade mean % change of AUC vs the
+    reference on their shared cost range (negative = better than the reference), ``auc.n_<n>`` /
+    ``auc_ref.n_<n>`` the mean AUCs on those shared ranges, ``auc_own.n_<n>`` the mean own-range AUC,
+    ``win_share.n_<n>`` the share of cascades with a negative mean % change. Per n group and cascade length k
+    (``k2``, ``k3``, ``kge3`` = mean of the per-k means, ``kall``), from ``summary``:
+    ``pct_change.n_<g>.k<k>`` and ``wilcoxon_p.n_<g>.k<k>`` (one-sided, < 0). Headline ``pct_change``: the
+    largest n's (``all`` when studied). Counts: ``n_fits``, ``n_failed_fits``, ``n_degenerate_fits``,
+    ``fit_seconds``."""
+    runs = runs.copy()
+    runs["n"] = runs["n"].astype(str)
+    for col in ("error", "degenerate", "note"):
+        if col in runs:
+            runs[col] = runs[col].fillna("").astype(str)
+    n_order = list(dict.fromkeys(runs["n"]))
+    out: dict = {}
+    for (chain, method), g in runs.groupby(["chain", "method"], sort=False):
+        m: dict = {"n_fits": int(len(g)), "n_failed_fits": int((g["error"] != "").sum()),
+                   "n_degenerate_fits": int((g["degenerate"] != "").sum()),
+                   "fit_seconds": float(g["seconds"].sum())}
+        for n, gn in g.groupby("n", sort=False):
+            pc = gn.groupby("cascade").agg(pct=("pct_change", "mean"), auc=("auc", "mean"), ref=("auc_ref", "mean"),
+                                           own=("auc_own", "mean"))
+            m[f"pct_change.n_{_label(n)}"] = float(pc["pct"].mean())
+            m[f"auc.n_{_label(n)}"] = float(pc["auc"].mean())
+            m[f"auc_ref.n_{_label(n)}"] = float(pc["ref"].mean())
+            m[f"auc_own.n_{_label(n)}"] = float(pc["own"].mean())
+            m[f"win_share.n_{_label(n)}"] = float((pc["pct"].dropna() < 0).mean()) if pc["pct"].notna().any() else np.nan
+        last = "all" if "all" in n_order else n_order[-1]
+        m["pct_change"] = m.get(f"pct_change.n_{_label(last)}", np.nan)
+        if len(summary):
+            s = summary[(summary["chain"] == chain) & (summary["method"] == method)]
+            for _, r in s.iterrows():
+                key = f"n_{_label(r['n'])}.k{_label(r['k'])}"
+                m[f"pct_change.{key}"] = float(r["mean_pct_change"])
+                m[f"wilcoxon_p.{key}"] = float(r["wilcoxon_p_less"])
+        out[(chain, method)] = m
+    return out

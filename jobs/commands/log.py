@@ -11,16 +11,17 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("log", help="log finished `cascade tune` or `cascade score` outputs to MLflow (once: "
-                                   "outputs already logged are skipped)",
-                       description="Log a `cascade tune --out DIR` folder (searched recursively for summary.json) "
-                                   "or a scoring output folder (holding score_stats.json) to MLflow. Folders whose "
-                                   "files were logged before (same output fingerprint, same experiment) are "
-                                   "skipped. Exit status: 0 logged or already logged, 2 bad input, 3 the "
-                                   "tracking store failed (nothing new logged).")
-    p.add_argument("dir", help="a `cascade tune` output folder or a scoring output folder")
+    p = sub.add_parser("log", help="log finished `cascade tune`, `cascade score` or `cascade study` outputs to "
+                                   "MLflow (once: outputs already logged are skipped)",
+                       description="Log a `cascade tune --out DIR` folder (searched recursively for summary.json), "
+                                   "a scoring output folder (holding score_stats.json) or a `cascade study --out` "
+                                   "folder (meta.json, runs.csv) to MLflow. Folders whose files were logged before "
+                                   "(same output fingerprint, same experiment) are skipped. Exit status: 0 logged "
+                                   "or already logged, 2 bad input, 3 the tracking store failed (nothing new "
+                                   "logged).")
+    p.add_argument("dir", help="a `cascade tune`, scoring or `cascade study` output folder")
     p.add_argument("--results", help="the records the curves were tuned on (for data lineage)")
-    p.add_argument("--experiment", help="MLflow experiment (default: the benchmark, or 'scoring')")
+    p.add_argument("--experiment", help="MLflow experiment (default: the benchmark, 'scoring', or BENCHMARK-study)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                           "sqlite:///<repo>/mlflow.db)")
     p.set_defaults(func=run_log)
@@ -82,6 +83,27 @@ def run_log(args) -> int:
             print(e.line("cascade log") + f"; nothing was logged, {d} is unchanged", file=sys.stderr)
             return 3
         print(f"logged scoring run {run_id} to experiment {experiment!r} at {uri}")
+        return 0
+
+    if tracking.is_study_dir(d):  # a `cascade study` output (meta.json, runs.csv, summary.csv)
+        from tracking.study import default_experiment, read_study
+
+        meta = read_study(d)[0]  # unreadable files: exit 2 before anything is logged
+        experiment = args.experiment or default_experiment(meta)
+        fp = M.output_fingerprint(d)
+        try:
+            tracking.check_reachable(uri)
+            done = tracking.find_logged_output(experiment, fp, kind="parent", uri=uri)
+            if done:
+                print(f"already logged: study run {done} in experiment {experiment!r} holds these outputs "
+                      f"(output fingerprint {fp}); nothing logged")
+                return 0
+            run_id = tracking.log_study(d, experiment=experiment, uri=uri, output_fingerprint=fp)
+        except tracking.TrackingUnavailable as e:
+            print(e.line("cascade log") + f"; {d} is unchanged, rerun this command once the store works",
+                  file=sys.stderr)
+            return 3
+        print(f"logged study run {run_id} (a run per chain x method) to experiment {experiment!r} at {uri}")
         return 0
 
     summaries = [d / "summary.json"] if (d / "summary.json").exists() else sorted(

@@ -15,7 +15,9 @@ DEFAULT_METHODS = "markov-copula,bayes-opt,grid,random"  # cascade.evaluate.stud
 DEFAULT_N_VALUES = "10,20,30,50,100,all"  # cascade.evaluate.study.DEFAULT_N_VALUES
 
 
-def _chains(specs, benchmark):
+def _chains(specs, benchmark, info=None):
+    """{name: records}, {name: model order}; ``info`` (a dict) gets {name: {records, models, benchmark}} for
+    meta.json (what tracking logs)."""
     from cascade.data import records
 
     chains, orders = {}, {}
@@ -29,6 +31,10 @@ def _chains(specs, benchmark):
         chains[name] = df
         if models:
             orders[name] = [m.strip() for m in models.split(",") if m.strip()]
+        if info is not None:
+            info[name] = {"records": str(Path(path).resolve()),
+                          "models": orders.get(name) or list(dict.fromkeys(df["model"])),
+                          "benchmark": str(df["benchmark"].iloc[0]) if df["benchmark"].nunique() == 1 else None}
     return chains, orders
 
 
@@ -91,6 +97,14 @@ def register(sub) -> None:
                    help="margin protocol: seeded orders of the test stream averaged per budget (default "
                         "%(default)s)")
     p.add_argument("--out", required=True, help="output folder")
+    g = p.add_argument_group("tracking (MLflow)")
+    g.add_argument("--track", action="store_true",
+                   help="compare protocol: log the study to MLflow after OUT is written (a parent run with the tables "
+                        "and plots, a nested run per chain x method with its %% change vs --reference per n); "
+                        "implied by --tracking-uri")
+    g.add_argument("--experiment", help="MLflow experiment (default: BENCHMARK-study)")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///<repo>/mlflow.db); turns --track on")
     p.set_defaults(func=run_study_cmd)
 
 
@@ -108,7 +122,17 @@ def run_study_cmd(args) -> int:
         if m not in methods:
             raise ValueError(f"--param {m}.*: {m} is not among --methods ({', '.join(methods)})")
         tune.get_method(m).validate_params(p)
-    chains, orders = _chains(args.results, args.benchmark)
+    track = bool(getattr(args, "track", False) or getattr(args, "tracking_uri", None))
+    if track and args.protocol == "compare":
+        import tracking
+
+        try:  # a bad URI or an unreachable store is refused before hours of fits
+            tracking.check_reachable(tracking.tracking_uri(args.tracking_uri))
+        except tracking.TrackingUnavailable as e:
+            print(e.line("cascade study") + "; nothing was run", file=sys.stderr)
+            return 3
+    info: dict = {}
+    chains, orders = _chains(args.results, args.benchmark, info)
     out.mkdir(parents=True, exist_ok=True)
     if args.protocol == "margin":
         (name, df), = list(chains.items())[:1]
@@ -124,6 +148,9 @@ def run_study_cmd(args) -> int:
         text = summary.to_string(index=False)
         (out / "margin_table.txt").write_text(text + "\n")
         print(text)
+        if track:
+            print("cascade study: warning: --track logs the compare protocol only; the margin study is not logged",
+                  file=sys.stderr)
         return 0
     t0 = time.time()
     res = protocol.run_study(
@@ -140,7 +167,7 @@ def run_study_cmd(args) -> int:
     res.curves.to_json(out / "curves.json", orient="records")
     table = protocol.format_table(res.summary)
     failed = res.runs[res.runs["error"] != ""]
-    meta = dict(res.meta, wall_seconds=time.time() - t0, n_failed_fits=int(len(failed)))
+    meta = dict(res.meta, wall_seconds=time.time() - t0, n_failed_fits=int(len(failed)), chains=info)
     (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     (out / "table.txt").write_text(table + "\n")
     if not args.no_plots and not res.curves.empty:
@@ -151,4 +178,23 @@ def run_study_cmd(args) -> int:
     if res.meta["n_degenerate_fits"]:
         print(f"cascade study: warning: {res.meta['n_degenerate_fits']} fit(s) are degenerate (e.g. a subsample where "
               "a model is always right); see runs.csv column 'degenerate'", file=sys.stderr)
+    if track:
+        return track_study(args, out)
+    return 0
+
+
+def track_study(args, out: Path) -> int:
+    """Log the written study (its folder on disk stays whatever happens here)."""
+    import tracking
+    from cascade.evaluate import metrics as M
+
+    try:
+        run_id = tracking.log_study(out, experiment=args.experiment, uri=args.tracking_uri,
+                                    output_fingerprint=M.output_fingerprint(out))
+    except tracking.TrackingUnavailable as e:
+        log_cmd = f"cascade log {out}" + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "")
+        print(e.line("cascade study", kept=out, log_command=log_cmd), file=sys.stderr)
+        return 3
+    print(f"logged the study (parent run {run_id}, a run per chain x method) to MLflow at "
+          f"{tracking.tracking_uri(args.tracking_uri)}")
     return 0

@@ -93,6 +93,16 @@ def add_tracking_args(p) -> None:
                                           "sqlite:///<repo>/mlflow.db)")
 
 
+def _log_command(args, records_path) -> str:
+    """The `cascade log` command that logs a tune's kept outputs once the store works."""
+    cmd = f"cascade log {args.out} --results {records_path}"
+    if getattr(args, "experiment", None):
+        cmd += f" --experiment {args.experiment}"
+    if getattr(args, "tracking_uri", None):
+        cmd += f" --tracking-uri {args.tracking_uri}"
+    return cmd
+
+
 def track_outputs(args, out_dirs: list[Path], benchmark: str, records_path, records_df, run_name: str) -> int:
     """Log written `cascade tune` outputs to MLflow; the outputs stay on disk whatever happens here."""
     import tracking
@@ -106,8 +116,7 @@ def track_outputs(args, out_dirs: list[Path], benchmark: str, records_path, reco
                 tracking.log_tune_dir(d, records_path=records_path, records_df=records_df,
                                       parent_run_id=parent.info.run_id)
     except tracking.TrackingUnavailable as e:
-        print(f"cascade tune: tracking failed: {e}\n  the results are safe under {args.out}; log them later with "
-              f"`cascade log {args.out} --results {records_path}`", file=sys.stderr)
+        print(e.line("cascade tune", kept=args.out, log_command=_log_command(args, records_path)), file=sys.stderr)
         return 3
     print(f"logged {len(out_dirs)} run(s) to MLflow experiment {experiment!r} at "
           f"{tracking.tracking_uri(args.tracking_uri)}")
@@ -325,7 +334,7 @@ def track_comparison(args, runs, table, shared, plots) -> int:
             tracking.log_summary(tables={"comparison_table.json": table}, figures=figures, run_id=parent.info.run_id,
                                  tags={"cascade.n_degenerate": str(len(degenerate))})
     except tracking.TrackingUnavailable as e:
-        print(f"cascade tune: tracking failed: {e}\n  the results are safe under {args.out}", file=sys.stderr)
+        print(e.line("cascade tune", kept=args.out, log_command=_log_command(args, records_path)), file=sys.stderr)
         return 3
     print(f"logged {len(runs)} run(s) to MLflow experiment {experiment!r} at "
           f"{tracking.tracking_uri(args.tracking_uri)}")

@@ -1,0 +1,114 @@
+"""MLflow logging of a written ``cascade study --out DIR`` (protocol ``compare``): a parent run with the study's
+tables and files, and one nested run per (chain, method) with the metrics of
+:func:`cascade.evaluate.study.method_metrics` (not one run per fit: a full study has ~17,000 fits). Grouping
+the runs table by ``cascade.method`` and sorting by ``pct_change`` answers "which method wins" against the
+reference. Everything logged is read from the folder, so ``cascade log DIR`` logs a study written earlier."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .mlflow_log import (OUTPUT_FINGERPRINT_TAG, _flat_params, _log_metrics, _nested, _tags, git_commit, log_summary,
+                         parent_run)
+from .store import guard, write_lock
+
+STUDY_FILES = ("table.txt", "summary.csv", "per_cascade.csv", "runs.csv", "meta.json", "curves.json")
+
+
+def is_study_dir(d: str | os.PathLike) -> bool:
+    d = Path(d)
+    return (d / "meta.json").is_file() and (d / "runs.csv").is_file() and (d / "summary.csv").is_file()
+
+
+def read_study(out_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(meta, runs, per_cascade, summary) of a study folder; ValueError (one line) when a file is unreadable."""
+    d = Path(out_dir)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        runs = pd.read_csv(d / "runs.csv", dtype={"n": str})
+        summary = pd.read_csv(d / "summary.csv", dtype={"n": str, "k": str})
+        per_cascade = pd.read_csv(d / "per_cascade.csv", dtype={"n": str}) if (d / "per_cascade.csv").exists() \
+            else pd.DataFrame()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{d}: not a readable `cascade study` output ({type(e).__name__}: {e}); rerun the study "
+                         "or remove that folder") from None
+    return meta, runs, per_cascade, summary
+
+
+def default_experiment(meta: dict) -> str:
+    """``<benchmark>-study`` when every chain is of one benchmark, else ``cascade-study``."""
+    benches = {c.get("benchmark") for c in (meta.get("chains") or {}).values()}
+    return f"{benches.pop()}-study" if len(benches) == 1 and None not in benches else "cascade-study"
+
+
+def log_study(out_dir: str | os.PathLike, *, experiment: str | None = None, uri: str | None = None,
+              output_fingerprint: str | None = None) -> str:
+    """Log a study folder; returns the parent run's id. Raises :class:`tracking.TrackingUnavailable` when the
+    store fails (the folder is untouched)."""
+    from cascade.evaluate import comparison
+    from cascade.evaluate.study import method_metrics
+
+    d = Path(out_dir)
+    meta, runs, per_cascade, summary = read_study(d)
+    experiment = experiment or default_experiment(meta)
+    chains = meta.get("chains") or {}
+    reference = meta.get("reference")
+    n_values = ",".join(map(str, meta.get("n_values") or []))
+    seed = meta.get("seed", 0)
+    metrics = method_metrics(runs, summary, reference)
+    benches = sorted({str(c.get("benchmark")) for c in chains.values() if c.get("benchmark")})
+    params = {"command": "study", "protocol": "compare", "methods": ",".join(meta.get("methods") or []),
+              "reference": reference, "n_values": n_values, "n_subsamples": meta.get("n_subsamples"),
+              "seed": seed, "cost_mode": meta.get("cost_mode"), "signal": meta.get("signal"),
+              "chains": ",".join(chains), "n_cascades": meta.get("n_cascades"), "output": str(d.resolve()),
+              **{f"method.{m}.{k}": v for m, p in (meta.get("overrides") or {}).items() for k, v in p.items()}}
+    tags = {"cascade.study": "true", "cascade.comparison": "true", "cascade.reference": reference,
+            "cascade.benchmark": ",".join(benches) or None, "cascade.logged_from": str(d.resolve()),
+            OUTPUT_FINGERPRINT_TAG: output_fingerprint}
+    chain_names = list(chains) or list(dict.fromkeys(runs["chain"]))
+    name = f"study | {' + '.join(chain_names)} | vs {reference} | n={n_values} | seed={seed}"
+    with parent_run(experiment, name, params=params, tags=tags, uri=uri) as parent:
+        import mlflow
+
+        with guard("logging the study's files"), write_lock():
+            for f in STUDY_FILES:
+                if (d / f).is_file():
+                    mlflow.log_artifact(str(d / f))
+            if (d / "plots").is_dir():
+                mlflow.log_artifacts(str(d / "plots"), "plots")
+        tables = {"summary_table.json": summary}
+        if len(per_cascade):
+            tables["per_cascade_table.json"] = per_cascade
+        log_summary(tables=tables, run_id=parent.info.run_id, metrics={
+            "n_cascades": meta.get("n_cascades"), "n_fits": len(runs), "n_failed_fits": meta.get("n_failed_fits"),
+            "n_degenerate_fits": meta.get("n_degenerate_fits"), "wall_seconds": meta.get("wall_seconds")})
+        for (chain, method), m in metrics.items():
+            info = chains.get(chain) or {}
+            models = info.get("models") or []
+            run_name = comparison.run_name(method, models or [chain], n_values, seed)
+            child_tags = {"cascade.kind": "study", "cascade.method": method, "cascade.chain": chain,
+                          "cascade.cascade": " -> ".join(models) or None, "cascade.reference": reference,
+                          "cascade.benchmark": info.get("benchmark"),
+                          "mlflow.source.git.commit": git_commit()}
+            mine = runs[(runs["chain"] == chain) & (runs["method"] == method)]
+            with guard(f"logging the study run {run_name!r}"), write_lock():
+                with _nested(run_name, parent.info.run_id, _tags(child_tags)):
+                    mlflow.log_params(_flat_params({
+                        "chain": chain, "models": " -> ".join(models), "method": method, "reference": reference,
+                        "n_values": n_values, "n_subsamples": meta.get("n_subsamples"), "seed": seed,
+                        "records": info.get("records"), "benchmark": info.get("benchmark"),
+                        **{f"method.{k}": v for k, v in ((meta.get("overrides") or {}).get(method) or {}).items()}}))
+                    _log_metrics(m)
+                    table = (mine.groupby(["n", "cascade", "k"], sort=False)
+                             .agg(pct_change=("pct_change", "mean"), auc=("auc", "mean"), auc_ref=("auc_ref", "mean"),
+                                  auc_own=("auc_own", "mean"), n_subsamples=("subsample", "size"))
+                             .reset_index())
+                    mlflow.log_table(table, artifact_file="per_cascade_table.json")
+        return parent.info.run_id
+
+
+__all__ = ["STUDY_FILES", "default_experiment", "is_study_dir", "log_study", "read_study"]
