@@ -41,21 +41,23 @@ def grid_totals(confidence: np.ndarray, value: np.ndarray, cum_cost: np.ndarray,
     shape = tuple(s + 1 for s in sizes)
     strides = np.cumprod((1,) + shape[::-1])[:-1][::-1]  # C-order strides (in cells) of D
     n_cells = int(np.prod(shape))
-    base = np.zeros(n, np.intp)  # flat index of (a_q0, .., a_q(j-1), 0, ..) for the current j
-    blocks = []  # (flat indices, column, sign) in accumulation order
+    # blocks in accumulation order: (0, +), (0, -), (1, +), (1, -), ..., (k-1, +) as (column, sign);
+    # block b's flat cell indices are idx[b * n:(b + 1) * n]
+    blocks = [(j, sign) for j in range(k - 1) for sign in (1.0, -1.0)] + [(k - 1, 1.0)]
+    idx = np.empty(len(blocks) * n, np.intp)
+    part = lambda b: idx[b * n:(b + 1) * n]  # noqa: E731
+    part(0)[:] = 0  # model 0's box starts at the origin
     for j in range(k - 1):
         # a_qj: model j accepts at grid index r iff r < a_qj (c_qj > grid value)
         step = np.searchsorted(grids[j], confidence[:, j], side="left").astype(np.intp)
         step *= int(strides[j])
-        blocks.append((base, j, 1.0))
-        base = base + step
-        blocks.append((base, j, -1.0))
-    blocks.append((base, k - 1, 1.0))
-    idx = np.concatenate([b[0] for b in blocks])
+        np.add(part(2 * j), step, out=part(2 * j + 1))  # (a_q0, .., a_qj, 0, ..)
+        part(2 * j + 2)[:] = part(2 * j + 1)  # the next model's + block starts where this one's - block is
+        del step
     totals = []
     for vals in (value, cum_cost):
         w = np.empty(len(idx))
-        for b, (_, j, sign) in enumerate(blocks):
+        for b, (j, sign) in enumerate(blocks):
             np.multiply(vals[:, j], sign, out=w[b * n:(b + 1) * n])
         D = np.bincount(idx, weights=w, minlength=n_cells).reshape(shape)
         del w
