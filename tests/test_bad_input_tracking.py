@@ -153,7 +153,7 @@ def _one_line(err: str, prog: str, fragment: str) -> None:
 @dataclass
 class Case:
     name: str
-    command: str  # tune | log | sweep | sweep-dry
+    command: str  # tune | log | sweep | sweep-dry | study
     store: str
     rc: int
     fragment: str
@@ -170,7 +170,8 @@ STORE_CASES = [
     ("not-db", "not a SQLite database"),
     ("read-only", "read"),  # "is read-only" (precheck) or "readonly database" (SQLite)
 ]
-CASES = [Case(f"{cmd}-{kind}", cmd, kind, 3, frag) for cmd in ("tune", "log", "sweep") for kind, frag in STORE_CASES]
+CASES = [Case(f"{cmd}-{kind}", cmd, kind, 3, frag) for cmd in ("tune", "log", "sweep", "study")
+         for kind, frag in STORE_CASES]
 CASES += [Case("sweep-dry-bad-uri", "sweep-dry", "bad-uri", 3, "is not a tracking URI"),
           Case("sweep-dry-not-db", "sweep-dry", "not-db", 3, "not a SQLite database")]
 
@@ -191,6 +192,11 @@ def test_tracking_failure_exits_3_and_keeps_results(case, world, tmp_path, auth_
     elif case.command == "log":
         args = ["log", world / "tuned", "--results", DEV, "--tracking-uri", uri]
         prog = "cascade log"
+    elif case.command == "study":
+        out = tmp / "study"
+        args = ["study", "--results", DEV, "--methods", "grid,random", "--reference", "random", "--n-values", "all",
+                "--subsamples", "1", "--max-len", "2", "--no-plots", "--out", out, "--tracking-uri", uri]
+        prog = "cascade study"
     else:
         out = tmp / "sweep-out"
         args = ["sweep", world / "spec.yaml", "--tracking-uri", uri, "--out", out, "--no-progress"]
@@ -202,9 +208,15 @@ def test_tracking_failure_exits_3_and_keeps_results(case, world, tmp_path, auth_
     _one_line(err, prog, case.fragment)
     if store is not None:
         assert snapshot(store) == store_before, "the store was changed"
-    if case.command == "tune":  # the results are kept, and the line says how to log them
+    line = next(ln for ln in err.splitlines() if ln.startswith(prog + ": tracking failed"))
+    if case.command == "tune":  # the results are kept, and the one line says where and how to log them
         assert (out / "curve.parquet").exists() and (out / "summary.json").exists()
-        assert f"cascade log {out}" in err
+        assert f"the results are kept in {out}" in line and f"cascade log {out} --results" in line
+    elif case.command == "study":  # refused before the fits, or the study kept with the command that logs it
+        if (out / "runs.csv").exists():
+            assert f"the results are kept in {out}" in line and f"cascade log {out}" in line
+        else:
+            assert "nothing was run" in line
     elif case.command == "log":
         assert snapshot(world / "tuned") == tuned_before
     else:  # nothing was run

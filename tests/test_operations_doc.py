@@ -127,6 +127,12 @@ def test_recipe_runs_as_written(tmp_path):
         assert commits == {head_commit}, commits  # the submitting side's commit, not "unknown"
         assert {v for k, v in tags if k == "ray.job_submission_id"} and \
             all(v.startswith("raysubmit_") for k, v in tags if k == "ray.job_submission_id")
+        # the records' real benchmark and fingerprint, not "unknown", although the job reads its temporary copy
+        from cascade.data import records as R
+
+        assert {v for k, v in tags if k == "cascade.benchmark"} == {"medmcqa"}
+        assert {v for k, v in tags if k == "cascade.data_fingerprint"} == {
+            R.fingerprint(ROOT / "examples" / "medmcqa-llama.parquet")}
         assert (out / "sweep-tiny").is_dir()
         # the head is gone: nothing left running that names this head's temp dir
         deadline = time.time() + 10

@@ -182,6 +182,15 @@ def test_run_then_rerun_skips_everything(tmp_path, capsys):
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         cells = [r for r in runs if "cascade.cell_key" in r.data.tags]
         assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parents[0].info.run_id}
+        # provenance: the records' benchmark and fingerprint (tracking.mlflow_log.records_provenance, as for tune)
+        from cascade.data import records as R
+
+        fp = R.fingerprint(DEV)
+        for r in cells:
+            assert r.data.tags["cascade.benchmark"] == "medmcqa" and r.data.params["benchmark"] == "medmcqa"
+            assert r.data.tags["cascade.data_fingerprint"] == fp and r.data.params["data_fingerprint"] == fp
+            assert {d.dataset.name for d in r.inputs.dataset_inputs} == {"medmcqa-records:train",
+                                                                         "medmcqa-records:test"}
 
         t0 = time.perf_counter()
         assert J.main([str(spec), "--tracking-uri", uri, "--no-progress"]) == 0

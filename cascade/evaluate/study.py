@@ -366,7 +366,7 @@ def method_metrics(runs: pd.DataFrame, summary: pd.DataFrame, reference: str) ->
     runs["n"] = runs["n"].astype(str)
     for col in ("error", "degenerate", "note"):
         if col in runs:
-            runs[col] = runs[col].fillna("").astype(str)
+            runs[col] = runs[col].astype(object).fillna("").astype(str)
     n_order = list(dict.fromkeys(runs["n"]))
     out: dict = {}
     for (chain, method), g in runs.groupby(["chain", "method"], sort=False):
