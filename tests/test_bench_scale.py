@@ -72,3 +72,29 @@ def test_user_error_is_a_value_error():
 
     assert issubclass(UserError, ValueError)
     assert str(UserError("column x: fix it")) == "column x: fix it"
+
+
+def test_step_peak_rss_is_the_steps_own_not_the_parents(tmp_path):
+    """Linux carries a process's peak RSS across exec: a step started straight from a parent holding a big
+    table reported the parent's peak. Through the wrapper, a bare step reports its own (small) peak."""
+    import os
+    import sys
+
+    import numpy as np
+
+    big = np.ones(400 * 2 ** 20 // 8)  # 400 MB touched in this process
+    bench = _bench()
+    small = bench.run_step([sys.executable, "-S", "-c", "pass"], dict(os.environ), tmp_path / "log.txt")
+    grows = bench.run_step([sys.executable, "-S", "-c", "b = bytearray(300 * 2 ** 20)"], dict(os.environ),
+                           tmp_path / "log2.txt")
+    assert big.sum() > 0
+    assert small["rss_mb"] < 100, small
+    assert 300 < grows["rss_mb"] < 400, grows
+    assert small["wall_s"] > 0 and small["cpu_s"] >= 0
+    failing = [sys.executable, "-S", "-c", "import sys; print('boom'); sys.exit(3)"]
+    try:
+        bench.run_step(failing, dict(os.environ), tmp_path / "log3.txt")
+    except SystemExit as e:
+        assert "boom" in str(e)
+    else:
+        raise AssertionError("a failing step must stop the benchmark")

@@ -184,10 +184,12 @@ def prepare_full(
     choice = choose_transform(records, models=models, signal=signal, splits=(train_split, test_split),
                               benchmark=benchmark, transform=transform, calibration=calibration)
     tname = "one-sided" if choice.name == "none" else choice.name
-    calibrators = [make_calibrator(calibration, tname).fit(train.confidence[:, j], train.correct[:, j])
-                   for j in range(len(models))]
-    cal_train = np.column_stack([c.predict(train.confidence[:, j]) for j, c in enumerate(calibrators)])
-    cal_test = np.column_stack([c.predict(test.confidence[:, j]) for j, c in enumerate(calibrators)])
+    calibrators = [make_calibrator(calibration, tname) for _ in models]
+    cal_train = np.empty(train.confidence.shape)  # row-major (n, k), as np.column_stack made them
+    cal_test = np.empty(test.confidence.shape)
+    for j, c in enumerate(calibrators):
+        cal_train[:, j] = c.fit_predict(train.confidence[:, j], train.correct[:, j])
+        cal_test[:, j] = c.predict(test.confidence[:, j])
     for name, cal in (("train", cal_train), ("test", cal_test)):
         bad = ~np.isfinite(cal).all(axis=0)
         if bad.any():  # cannot happen with the calibrators above; a guard so no NaN reaches a tuner

@@ -1,8 +1,12 @@
 """Calibration of raw confidence signals into P(correct | signal), per model (method doc, section 1).
 
 A raw signal is transformed, then a logistic regression (intercept + slope, unpenalised maximum
-likelihood, statsmodels ``Logit``) of correctness on the transformed value gives the calibrated
-confidence c = sigmoid(a + b t). Transforms:
+likelihood) of correctness on the transformed value gives the calibrated confidence
+c = sigmoid(a + b t). The fit runs on the sufficient statistics: the distinct transformed values with
+their counts and mean correctness (statsmodels ``GLM``, binomial family, frequency weights, Newton from
+zero as ``Logit.fit``): the same likelihood, so the same maximum (to float rounding) at a cost that
+grows with the number of distinct values, not of queries. Separated data (no finite maximum) go to the
+point-wise ``Logit`` fit and its fallbacks, as before. Transforms:
 
 - ``one-sided``: answer log-probabilities l = log p in [-inf, 0]: t = -log(1 - p) (l = -inf is p = 0,
   l = 0 is p = 1);
@@ -21,7 +25,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import statsmodels.api as sm
 from scipy.special import expit
 
 from cascade.scoring import signals as signal_registry
@@ -100,15 +103,27 @@ class LogisticCalibrator:
         self.transform = transform
 
     def _prepare(self, signal) -> np.ndarray:
-        t = TRANSFORMS[self.transform](signal)
+        return self._clipped(TRANSFORMS[self.transform](signal))
+
+    def _clipped(self, t) -> np.ndarray:
+        """Transformed values clipped, +-inf replaced (the constants of :meth:`fit`)."""
         t = np.where(np.isfinite(t), np.clip(t, self.clip_[0], self.clip_[1]), t)
         t = np.where(np.isposinf(t), self.pos_inf_, t)
         t = np.where(np.isneginf(t), self.neg_inf_, t)
         return t
 
     def fit(self, signal, correct) -> "LogisticCalibrator":
-        t = TRANSFORMS[self.transform](signal)
-        finite = t[np.isfinite(t)]
+        self._fit(signal, correct)
+        return self
+
+    def fit_predict(self, signal, correct) -> np.ndarray:
+        """``fit(signal, correct).predict(signal)``, transforming ``signal`` once."""
+        return self._predict_t(self._fit(signal, correct))
+
+    def _fit(self, signal, correct) -> np.ndarray:
+        """Fit; returns the prepared (transformed, clipped) training values."""
+        t_raw = TRANSFORMS[self.transform](signal)
+        finite = t_raw[np.isfinite(t_raw)]
         if finite.size:
             q1, q3 = np.quantile(finite, [0.25, 0.75])
             spread = (q3 - q1) if np.isfinite(q3 - q1) and q3 > q1 else 1.0
@@ -121,30 +136,76 @@ class LogisticCalibrator:
         else:  # only +-inf: keep their order
             self.clip_ = (-np.inf, np.inf)
             self.pos_inf_, self.neg_inf_ = 1.0, -1.0
-        t = self._prepare(signal)
+        del finite
+        t = self._clipped(t_raw)
+        del t_raw
         y = np.asarray(correct, float)
-        X = sm.add_constant(t, has_constant="add")
         self.coef_ = np.array([np.log((y.mean() + 1e-9) / (1 - y.mean() + 1e-9)), 0.0])
         if 0 < y.mean() < 1 and np.ptp(t) > 0:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    res = sm.Logit(y, X).fit(disp=0, maxiter=1000)
-                    if np.all(np.isfinite(res.params)):
-                        self.coef_ = np.asarray(res.params, float)
-                except Exception:  # perfect separation and friends: fall back to a penalised fit
-                    try:
-                        res = sm.Logit(y, X).fit_regularized(alpha=1e-3, disp=0)
-                        if np.all(np.isfinite(res.params)):
-                            self.coef_ = np.asarray(res.params, float)
-                    except Exception:  # keep the intercept-only fit
-                        pass
-        return self
+            coef = grouped_logit(t, y)
+            if coef is None:  # separated data (or a failed grouped fit): the point-wise fit and its fallbacks
+                coef = pointwise_logit(t, y)
+            if coef is not None:
+                self.coef_ = coef
+        return t
 
     def predict(self, signal) -> np.ndarray:
-        t = self._prepare(signal)
+        return self._predict_t(self._prepare(signal))
+
+    def _predict_t(self, t) -> np.ndarray:
         with np.errstate(over="ignore"):
             return expit(self.coef_[0] + self.coef_[1] * t)
+
+
+def _design(t) -> np.ndarray:
+    return np.column_stack([np.ones(len(t)), np.asarray(t, float)])
+
+
+def grouped_logit(t, y, maxiter: int = 1000) -> np.ndarray | None:
+    """The unpenalised logistic MLE of ``y`` (in [0, 1]) on (1, ``t``), fitted on the distinct values of
+    ``t`` with their counts and mean ``y``: the log-likelihood sum_i y_i log p(t_i) + (1 - y_i) log(1 - p(t_i))
+    equals sum_g n_g (ybar_g log p(t_g) + (1 - ybar_g) log(1 - p(t_g))), so the maximum is the same.
+    statsmodels ``GLM`` (binomial, frequency weights n_g) with Newton from zero, as ``Logit.fit`` runs.
+    Returns None when the data are separated (some threshold on t splits the correct from the wrong
+    answers: no finite maximum) or the fit fails; :func:`pointwise_logit` then decides as before."""
+    vals, inv = np.unique(np.asarray(t, float), return_inverse=True)
+    n = np.bincount(inv)
+    s = np.bincount(inv, weights=np.asarray(y, float), minlength=len(vals))
+    pos, neg = s > 0, s < n  # values with some correct answer / some wrong one
+    if not (pos.any() and neg.any() and vals[pos].min() < vals[neg].max() and vals[neg].min() < vals[pos].max()):
+        return None
+    from statsmodels.genmod import families
+    from statsmodels.genmod.generalized_linear_model import GLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            res = GLM(s / n, _design(vals), family=families.Binomial(), freq_weights=n.astype(float)).fit(
+                method="newton", start_params=np.zeros(2), maxiter=maxiter, max_start_irls=0, disp=0)
+        except Exception:
+            return None
+    coef = np.asarray(res.params, float)
+    return coef if np.all(np.isfinite(coef)) else None
+
+
+def pointwise_logit(t, y) -> np.ndarray | None:
+    """statsmodels ``Logit`` on every point (Newton from zero); on failure (perfect separation and friends)
+    a penalised fit; None when both fail or give non-finite coefficients."""
+    from statsmodels.discrete.discrete_model import Logit
+
+    X = _design(t)
+    y = np.asarray(y, float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            res = Logit(y, X).fit(disp=0, maxiter=1000)
+            return np.asarray(res.params, float) if np.all(np.isfinite(res.params)) else None
+        except Exception:  # perfect separation and friends: fall back to a penalised fit
+            try:
+                res = Logit(y, X).fit_regularized(alpha=1e-3, disp=0)
+                return np.asarray(res.params, float) if np.all(np.isfinite(res.params)) else None
+            except Exception:  # keep the intercept-only fit
+                return None
 
 
 class IdentityCalibrator:
@@ -155,6 +216,9 @@ class IdentityCalibrator:
         if np.any((s < 0) | (s > 1)):
             raise ValueError("--calibration none needs confidences in [0, 1] (they are taken as P(correct))")
         return self
+
+    def fit_predict(self, signal, correct) -> np.ndarray:
+        return self.fit(signal, correct).predict(signal)
 
     def predict(self, signal) -> np.ndarray:
         return np.clip(np.asarray(signal, float), 0.0, 1.0)

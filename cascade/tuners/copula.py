@@ -47,20 +47,15 @@ import warnings
 from collections import OrderedDict
 
 import numpy as np
-import pyvinecopulib as pv
-from scipy import optimize, stats
 
 from cascade.tuners.base import register, threshold_bounds
 from cascade.tuners.joint import DVineJoint, MarkovJoint
 from cascade.tuners.markov_copula import EndpointBetaMixture, MarkovCopulaTuner, fill_gaps
 
-#: Pair-copula families by name (pyvinecopulib); rotations are tried for every asymmetric family.
-FAMILIES = {
-    "indep": pv.BicopFamily.indep, "gaussian": pv.BicopFamily.gaussian, "student": pv.BicopFamily.student,
-    "clayton": pv.BicopFamily.clayton, "gumbel": pv.BicopFamily.gumbel, "frank": pv.BicopFamily.frank,
-    "joe": pv.BicopFamily.joe, "bb1": pv.BicopFamily.bb1, "bb6": pv.BicopFamily.bb6, "bb7": pv.BicopFamily.bb7,
-    "bb8": pv.BicopFamily.bb8, "tll": pv.BicopFamily.tll,
-}
+#: Pair-copula families by name (``pyvinecopulib.BicopFamily.<name>``, imported where a copula is fitted:
+#: importing pyvinecopulib costs ~0.7 s, which every ``cascade`` command that lists the methods would pay);
+#: rotations are tried for every asymmetric family.
+FAMILIES = ("indep", "gaussian", "student", "clayton", "gumbel", "frank", "joe", "bb1", "bb6", "bb7", "bb8", "tll")
 DEFAULT_FAMILIES = tuple(FAMILIES)
 CRITERIA = ("aic", "bic")
 MARGINS = ("beta", "ecdf")
@@ -180,6 +175,8 @@ def pseudo_obs(x, discrete: bool, rng) -> tuple[np.ndarray, np.ndarray | None]:
     x = np.asarray(x, float)
     n = len(x)
     if discrete:
+        from scipy import stats
+
         return stats.rankdata(x, "max") / (n + 1.0), (stats.rankdata(x, "min") - 1.0) / (n + 1.0)
     order = np.lexsort((rng.random(n), x))
     r = np.empty(n)
@@ -208,6 +205,8 @@ def select_pair(u, v, u_left=None, v_left=None, *, families=DEFAULT_FAMILIES, cr
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown copula families {unknown}; choose from {', '.join(FAMILIES)}")
+    import pyvinecopulib as pv
+
     var_types = ["d" if u_left is not None else "c", "d" if v_left is not None else "c"]
     cols = [u, v] + [c for c in (u_left, v_left) if c is not None]
     data = np.column_stack(cols)
@@ -218,7 +217,7 @@ def select_pair(u, v, u_left=None, v_left=None, *, families=DEFAULT_FAMILIES, cr
         return cop, [dict(r) for r in rows]
     rows, fitted = [], []
     for name in families:
-        controls = pv.FitControlsBicop(family_set=[FAMILIES[name]], selection_criterion=criterion,
+        controls = pv.FitControlsBicop(family_set=[getattr(pv.BicopFamily, name)], selection_criterion=criterion,
                                        num_threads=num_threads)
         try:
             with warnings.catch_warnings():
@@ -275,7 +274,8 @@ def _logit(p):
 def fit_correctness(c_prev, c, correct, criterion: str = "aic") -> tuple[ConditionalCorrectness | None, dict]:
     """Fit :class:`ConditionalCorrectness`; returns it (or None when the criterion prefers the calibrated
     confidence or the fit fails) and a JSON-able record of the comparison."""
-    import statsmodels.api as sm
+    from statsmodels.genmod import families
+    from statsmodels.genmod.generalized_linear_model import GLM
 
     y = np.clip(np.asarray(correct, float), 0.0, 1.0)
     c = np.clip(np.asarray(c, float), 1e-6, 1 - 1e-6)
@@ -286,7 +286,7 @@ def fit_correctness(c_prev, c, correct, criterion: str = "aic") -> tuple[Conditi
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = sm.GLM(y, X, family=sm.families.Binomial()).fit()
+            res = GLM(y, X, family=families.Binomial()).fit()
         params = np.asarray(res.params, float)
         ll = float(res.llf)
         if not (np.all(np.isfinite(params)) and np.all(np.abs(params) < 30) and np.isfinite(ll)):
@@ -373,7 +373,7 @@ class CopulaModel:
                 a = np.clip(cops[j - 1].hfunc2(np.column_stack([cont[j - 1], cont[j]])), 1e-10, 1 - 1e-10)
                 b = np.clip(cops[j].hfunc1(np.column_stack([cont[j], cont[j + 1]])), 1e-10, 1 - 1e-10)
                 cop2, rows = select_pair(a, b, families=self.families, criterion=self.criterion)
-                self.copulas2_.append(None if cop2.family == pv.BicopFamily.indep else cop2)
+                self.copulas2_.append(None if cop2.family.name == "indep" else cop2)
                 self.candidates2_.append(rows)
         self.dvine_ = any(c is not None for c in self.copulas2_) or (self.structure == "dvine" and self.k_ >= 3)
         if self.dvine_:
@@ -475,6 +475,8 @@ class CopulaTuner(MarkovCopulaTuner):
         """Minimise (1 - E[correct]) + lambda E[cost] by L-BFGS-B (forward-difference gradient evaluated
         in one batch) along the lambda path of MarkovCopulaTuner: ``lambdas``, then ``growth`` times the
         last until E[cost] is within ``stop_multiplier`` of the reference model's cost."""
+        from scipy import optimize
+
         bounds = threshold_bounds(conf, self.eps)
         lower = np.array([a for a, _ in bounds])
         upper = np.array([b for _, b in bounds])

@@ -20,9 +20,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import optimize, stats
 from scipy.special import betainc, betaln, digamma, expit, logit, xlog1py, xlogy
-from statsmodels.distributions.copula.api import GumbelCopula
 
 from cascade.tuners.base import Tuner, register, threshold_bounds
 
@@ -120,6 +118,8 @@ class BetaMixture01:
         return self
 
     def _fit_mle(self, u, w):
+        from scipy import optimize
+
         pi, a1, b1, a2, b2 = self.init
         z0 = np.array([logit(pi), np.log(a1), np.log(b1), np.log(a2), np.log(b2)])
         lu, l1u = np.log(u), np.log1p(-u)
@@ -132,6 +132,8 @@ class BetaMixture01:
         return (float(min(max(expit(z[0]), 1e-9), 1 - 1e-9)), *map(float, np.exp(z[1:])))
 
     def _fit_em(self, u, w):
+        from scipy import optimize
+
         pi, a1, b1, a2, b2 = self.init
         lu, l1u = np.log(u), np.log1p(-u)
         n = w.sum()
@@ -232,6 +234,8 @@ class _CellLaw:
         self.n = len(data)
         self.kind, self.params = "uniform", ()
         if len(data) >= 2 and np.ptp(data) > 0:
+            from scipy import stats  # here, not at the top: importing scipy.stats costs ~0.4 s
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
@@ -266,6 +270,8 @@ class _CellLaw:
         if self.kind == "beta":
             u = rng.beta(*self.params, size)
         elif self.kind == "triang":
+            from scipy import stats
+
             u = stats.triang.rvs(self.params[0], size=size, random_state=rng)
         else:
             u = rng.random(size)
@@ -285,6 +291,9 @@ class PairModel:
         self.copula = copula
 
     def fit(self, xi, xj, mi: EndpointBetaMixture, mj: EndpointBetaMixture) -> "PairModel":
+        from scipy import stats
+        from statsmodels.distributions.copula.api import GumbelCopula
+
         xi, xj = np.asarray(xi, float), np.asarray(xj, float)
         self.mi, self.mj = mi, mj
         cell_i = np.where(xi == mi.m_, 0, np.where(xi == mi.M_, 2, 1))
@@ -668,6 +677,8 @@ class MarkovCopulaTuner(Tuner):
 
     def fit(self, train):
         import time
+
+        from scipy import optimize
 
         t0 = time.perf_counter()
         conf = train.confidence
