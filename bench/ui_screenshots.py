@@ -11,6 +11,11 @@ and one of its tuning runs, and takes PNG screenshots of:
 3. ``parent_plot.png``: the parent's overlaid error-cost plot (the first ``*.png`` artifact of the parent);
 4. ``tune_run.png`` and ``tune_run_artifacts.png``: one tuning run's overview and its error-cost plot.
 
+On a ``cascade study`` experiment (its parent tagged ``cascade.study=true``) the same views show the study:
+the runs grouped by method sorted by ``pct_change`` (% change of AUC vs the reference; the per-n
+``pct_change.n_*`` and ``win_share.n_*`` as columns), the parent's ``summary_table.json`` and first plot, and
+one chain x method run (``study_run.png``, ``study_run_artifacts.png``: its ``per_cascade_table.json``).
+
 Usage::
 
     python bench/ui_screenshots.py [--tracking-uri sqlite:////ABS/mlflow.db] [--experiment NAME] [--out DIR]
@@ -74,14 +79,17 @@ def _artifacts(base: str, run_id: str, path: str = "", depth: int = 2) -> list[s
     return out
 
 
-def grouped_view(method_tag: str = "cascade.method", metric: str = "auc_shared") -> dict:
+TUNE_COLUMNS = ["metrics.`test_auc`", "metrics.`error_at_50pct_shared_budget`", "tags.`cascade.cascade`",
+                "tags.`cascade.degenerate`"]
+
+
+def grouped_view(method_tag: str = "cascade.method", metric: str = "auc_shared", columns=None) -> dict:
     """The runs table's view state: grouped by a tag, the metric as a column, sorted by it."""
     return {
         "searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": True, "startTime": "ALL",
         "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-        "selectedColumns": ["attributes.`Run Name`", f"metrics.`{metric}`", "metrics.`test_auc`",
-                            "metrics.`error_at_50pct_shared_budget`", "tags.`cascade.cascade`",
-                            "tags.`cascade.degenerate`"],
+        "selectedColumns": ["attributes.`Run Name`", f"metrics.`{metric}`",
+                            *(TUNE_COLUMNS if columns is None else columns)],
         "runsExpanded": {}, "runsPinned": [], "runsHidden": [], "runsVisibilityMap": {},
         "runsHiddenMode": "SHOWALL", "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": method_tag}]},
@@ -139,14 +147,23 @@ def main(argv=None) -> int:
             print(f"ui_screenshots: experiment {args.experiment!r} has no parent run", file=sys.stderr)
             return 2
         parent = parents[0]["info"]["run_id"]
-        children = _search(base, exp_id, f"tags.`mlflow.parentRunId` = '{parent}' and tags.`cascade.kind` = 'tune'")
-        view = grouped_view()
+        study = _tags(parents[0]).get("cascade.study") == "true"
+        kind = "study" if study else "tune"
+        children = _search(base, exp_id, f"tags.`mlflow.parentRunId` = '{parent}' and tags.`cascade.kind` = '{kind}'")
+        if study:  # the per-n % changes and win shares the children carry, as columns
+            names = sorted({m["key"] for c in children for m in c.get("data", {}).get("metrics", [])})
+            cols = [f"metrics.`{m}`" for m in names if (m.startswith("pct_change.n_") and ".k" not in m)
+                    or m.startswith("win_share.n_all")]
+            view = grouped_view(metric="pct_change", columns=cols + ["tags.`cascade.chain`"])
+        else:
+            view = grouped_view()
         key = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:16]
         _api(base, "experiments/set-experiment-tag",
              {"experiment_id": exp_id, "key": f"mlflow.sharedViewState.{key}", "value": json.dumps(view)})
         shots = [("runs_by_method.png", f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={key}")]
         parent_files = _artifacts(base, parent)
-        table = next((p for p in parent_files if p.endswith("comparison_table.json")), None)
+        table = next((p for p in parent_files
+                      if p.endswith("summary_table.json" if study else "comparison_table.json")), None)
         plot = next((p for p in parent_files if p.endswith(".png")), None)
         if table:
             shots.append(("parent_table.png", f"{base}/#/experiments/{exp_id}/runs/{parent}/artifacts/{table}"))
@@ -154,9 +171,9 @@ def main(argv=None) -> int:
             shots.append(("parent_plot.png", f"{base}/#/experiments/{exp_id}/runs/{parent}/artifacts/{plot}"))
         if children:
             child = children[0]["info"]["run_id"]
-            shots.append(("tune_run.png", f"{base}/#/experiments/{exp_id}/runs/{child}"))
-            shots.append(("tune_run_artifacts.png",
-                          f"{base}/#/experiments/{exp_id}/runs/{child}/artifacts/error_cost.png"))
+            shots.append((f"{kind}_run.png", f"{base}/#/experiments/{exp_id}/runs/{child}"))
+            art = "per_cascade_table.json" if study else "error_cost.png"
+            shots.append((f"{kind}_run_artifacts.png", f"{base}/#/experiments/{exp_id}/runs/{child}/artifacts/{art}"))
         for name, url in shots:
             screenshot(chromium, url, out / name, args.size, args.wait_ms)
             print(f"{out / name}  <- {url}")

@@ -174,6 +174,9 @@ def test_study_logs_a_parent_and_one_run_per_chain_and_method(tmp_path, no_env, 
     assert sorted(children) == ["grid", "random"]  # one per chain x method, not one per fit (32 here)
     assert parent.data.tags["cascade.study"] == "true" and parent.data.tags["cascade.reference"] == "random"
     assert parent.data.metrics["n_fits"] == 32  # 4 cascades x 2 n x 2 subsamples x 2 methods
+    exp = _client(uri).get_experiment_by_name("medmcqa-study")  # opens on its runs, says how to compare
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "sort by `pct_change`" in exp.tags["mlflow.note.content"]
     summary = pd.read_csv(out / "summary.csv", dtype={"n": str, "k": str})
     per_cascade = pd.read_csv(out / "per_cascade.csv", dtype={"n": str})
     for method, r in children.items():

@@ -112,12 +112,13 @@ def _open(start, what: str):
 
 @contextlib.contextmanager
 def parent_run(experiment: str, run_name: str, *, params: dict | None = None, tags: dict | None = None,
-               uri: str | None = None, run_id: str | None = None):
+               uri: str | None = None, run_id: str | None = None, description: str | None = None):
     """A parent run (a sweep, the demo, a `cascade tune`/`cascade log` command); nested runs started inside it
-    hang under it. ``run_id``: resume that run instead of starting one."""
+    hang under it. ``run_id``: resume that run instead of starting one. ``description``: the experiment's,
+    when it has none yet."""
     import mlflow
 
-    configure(uri, experiment)
+    configure(uri, experiment, description)
     all_tags = {"cascade.kind": "parent", "mlflow.source.git.commit": git_commit(), **provenance_tags(),
                 **(tags or {})}
 

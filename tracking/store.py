@@ -252,8 +252,9 @@ EXPERIMENT_DESCRIPTION = (
     "tag `cascade.degenerate_reason` says why.")
 
 
-def configure(uri: str | None = None, experiment: str = "cascade-eval") -> str:
-    """Point MLflow at the store and make ``experiment`` current (created if missing); returns its id."""
+def configure(uri: str | None = None, experiment: str = "cascade-eval", description: str | None = None) -> str:
+    """Point MLflow at the store and make ``experiment`` current (created if missing); returns its id.
+    ``description``: the experiment's description when it has none yet (default: the tuning runs' one)."""
     import mlflow
 
     uri = tracking_uri(uri)
@@ -273,7 +274,7 @@ def configure(uri: str | None = None, experiment: str = "cascade-eval") -> str:
         if have.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         if not have.get(DESCRIPTION_TAG):  # a description a person wrote is kept
-            client.set_experiment_tag(exp_id, DESCRIPTION_TAG, EXPERIMENT_DESCRIPTION)
+            client.set_experiment_tag(exp_id, DESCRIPTION_TAG, description or EXPERIMENT_DESCRIPTION)
         mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

@@ -16,6 +16,20 @@ from .mlflow_log import (OUTPUT_FINGERPRINT_TAG, _flat_params, _log_metrics, _ne
                          parent_run)
 from .store import guard, write_lock
 
+STUDY_DESCRIPTION = (
+    "cascade-eval studies (`cascade study`): tuning methods fitted on the same seeded training subsamples of "
+    "every cascade of a chain, each method's test curve compared with the reference method's on their shared "
+    "cost range.\n\n"
+    "- Which method wins: group the runs table by the tag `cascade.method` and sort by `pct_change` (mean % "
+    "change of AUC vs the reference, tag `cascade.reference`, at the largest training size; negative = better). "
+    "`pct_change.n_<n>` is the same per training size, `win_share.n_<n>` the share of cascades where the method "
+    "beats the reference.\n"
+    "- The parent run (tag `cascade.study=true`) holds the summary per n and cascade length with bootstrap "
+    "intervals and Wilcoxon p-values (`summary_table.json`, `table.txt`), the per-cascade table and the "
+    "plots.")
+SUMMARY_COLUMNS = ["method", "n", "k", "mean_pct_change", "ci95_lo", "ci95_hi", "wilcoxon_p_less", "mean_auc",
+                   "mean_auc_ref", "n_cascades", "chain", "vs"]
+
 STUDY_FILES = ("table.txt", "summary.csv", "per_cascade.csv", "runs.csv", "meta.json", "curves.json")
 
 
@@ -71,7 +85,7 @@ def log_study(out_dir: str | os.PathLike, *, experiment: str | None = None, uri:
             OUTPUT_FINGERPRINT_TAG: output_fingerprint}
     chain_names = list(chains) or list(dict.fromkeys(runs["chain"]))
     name = f"study | {' + '.join(chain_names)} | vs {reference} | n={n_values} | seed={seed}"
-    with parent_run(experiment, name, params=params, tags=tags, uri=uri) as parent:
+    with parent_run(experiment, name, params=params, tags=tags, uri=uri, description=STUDY_DESCRIPTION) as parent:
         import mlflow
 
         with guard("logging the study's files"), write_lock():
@@ -80,9 +94,11 @@ def log_study(out_dir: str | os.PathLike, *, experiment: str | None = None, uri:
                     mlflow.log_artifact(str(d / f))
             if (d / "plots").is_dir():
                 mlflow.log_artifacts(str(d / "plots"), "plots")
-        tables = {"summary_table.json": summary}
+        lead = [c for c in SUMMARY_COLUMNS if c in summary]  # the method and its number first
+        tables = {"summary_table.json": summary[lead + [c for c in summary if c not in lead]]}
         if len(per_cascade):
-            tables["per_cascade_table.json"] = per_cascade
+            lead = [c for c in ("method", "cascade", "n", "pct_change", "auc", "auc_ref") if c in per_cascade]
+            tables["per_cascade_table.json"] = per_cascade[lead + [c for c in per_cascade if c not in lead]]
         log_summary(tables=tables, run_id=parent.info.run_id, metrics={
             "n_cascades": meta.get("n_cascades"), "n_fits": len(runs), "n_failed_fits": meta.get("n_failed_fits"),
             "n_degenerate_fits": meta.get("n_degenerate_fits"), "wall_seconds": meta.get("wall_seconds")})
