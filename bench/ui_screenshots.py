@@ -16,6 +16,9 @@ the runs grouped by method sorted by ``pct_change`` (% change of AUC vs the refe
 ``pct_change.n_*`` and ``win_share.n_*`` as columns), the parent's ``summary_table.json`` and first plot, and
 one chain x method run (``study_run.png``, ``study_run_artifacts.png``: its ``per_cascade_table.json``).
 
+``--optuna``: also ``optuna_dashboard.png``, ``optuna-dashboard`` (the ``dashboard`` extra) on the Optuna storage
+beside the store (``optuna.db``, where bayes-opt runs' studies are logged), opened on the newest study.
+
 Usage::
 
     python bench/ui_screenshots.py [--tracking-uri sqlite:////ABS/mlflow.db] [--experiment NAME] [--out DIR]
@@ -106,6 +109,54 @@ def screenshot(chromium: str, url: str, path: Path, size: str, wait_ms: int) -> 
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180, check=True)
 
 
+def optuna_shot(chromium: str, tracking_uri: str, out: Path, size: str, wait_ms: int) -> int:
+    """optuna-dashboard on the Optuna storage beside the store, screenshot of its newest study."""
+    import optuna
+
+    sys.path.insert(0, str(ROOT))
+    from tracking.optuna_studies import storage_for
+
+    url = storage_for(tracking_uri)
+    dash = Path(sys.executable).parent / "optuna-dashboard"
+    if url is None or not dash.exists():
+        print("ui_screenshots: --optuna needs optuna-dashboard (pip install -e '.[dashboard]') and a SQLite store "
+              "(or $CASCADE_OPTUNA_STORAGE)", file=sys.stderr)
+        return 2
+    studies = optuna.get_all_study_summaries(url)
+    if not studies:
+        print(f"ui_screenshots: no Optuna study in {url} (log a bayes-opt run first)", file=sys.stderr)
+        return 2
+    newest = max(studies, key=lambda st: st._study_id)
+    port = _free_port()
+    log = open(out / "optuna-dashboard.log", "wb")
+    server = subprocess.Popen([str(dash), url, "--host", "127.0.0.1", "--port", str(port)], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    print(f"ui_screenshots: optuna-dashboard did not start; see {out / 'optuna-dashboard.log'}",
+                          file=sys.stderr)
+                    return 3
+                time.sleep(1)
+        page = f"http://127.0.0.1:{port}/dashboard/studies/{newest._study_id}"
+        w, h = size.split(",")
+        screenshot(chromium, page, out / "optuna_dashboard.png", f"{w},{int(h) * 14 // 10}", wait_ms)
+        print(f"{out / 'optuna_dashboard.png'}  <- {page} (study {newest.study_name})")
+        return 0
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI")
@@ -114,6 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "ui-screenshots"))
     ap.add_argument("--size", default="1600,1000", help="window size W,H")
     ap.add_argument("--wait-ms", type=int, default=20000, help="virtual time the page gets to render")
+    ap.add_argument("--optuna", action="store_true", help="also screenshot optuna-dashboard on the store's optuna.db")
     args = ap.parse_args(argv)
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -179,6 +231,8 @@ def main(argv=None) -> int:
             print(f"{out / name}  <- {url}")
         if not plot:
             print("ui_screenshots: the parent run has no .png artifact (no overlaid plot logged)", file=sys.stderr)
+        if args.optuna:
+            return optuna_shot(chromium, args.tracking_uri, out, args.size, args.wait_ms)
         return 0
     finally:
         try:
