@@ -32,6 +32,12 @@ from cascade.data import records  # noqa: E402
 from cascade.evaluate import tuning as tune  # noqa: E402
 from cascade.tuners.markov_copula import MarkovCopulaModel  # noqa: E402
 
+# the tuners import scipy.optimize, scipy.stats and statsmodels where they use them; load them (and the BLAS
+# libraries they bring) here, so that threadpool_limits in main() pins every BLAS the timed runs use
+import scipy.optimize  # noqa: E402,F401
+import scipy.stats  # noqa: E402,F401
+import statsmodels.genmod.generalized_linear_model  # noqa: E402,F401
+
 
 def timed(fn, repeats):
     """(last result, median wall s, median CPU s) over ``repeats`` calls."""

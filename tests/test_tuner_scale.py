@@ -138,3 +138,41 @@ def test_importing_the_tuners_loads_no_heavy_optional_library():
             "if m in sys.modules]; print(heavy); assert not heavy")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("values", [
+    [np.array([-3.0, -0.1]), np.array([0.0, -np.inf])],  # log-probs: one-sided
+    [np.array([0.0, 0.3]), np.array([1.0])],  # probabilities: identity
+    [np.linspace(-3, 0, 50), np.linspace(0, 3, 50)],  # both signs: identity
+    [np.array([-3.0, -0.1]), np.array([np.inf])],  # log-probs with +inf: refused
+    [-np.linspace(0.1, 3, 99), np.array([0.5])],  # log-probs with one value above 0: refused
+    [np.array([np.nan, -1.0]), np.array([-2.0])],
+])
+def test_transform_choice_on_parts_equals_the_concatenation(values):
+    from cascade.tuners.calibration import Parts, TransformError, auto_transform, out_of_domain
+
+    def outcome(v):
+        try:
+            return auto_transform("confidence", v)
+        except TransformError as e:
+            return str(e)
+
+    assert outcome(Parts(values)) == outcome(np.concatenate(values))
+    for name in ("one-sided", "two-sided", "identity"):
+        bad = np.concatenate(values)
+        assert out_of_domain(name, Parts(values)) == bool((np.isnan(bad) | (bad > 1e-6)).any() and name != "identity")
+
+
+@pytest.mark.parametrize("seed,n,levels", [(0, 40, 3), (1, 2000, 30), (2, 50000, 300), (3, 500, 10 ** 6)])
+def test_kendall_tau_from_counts_is_scipys_bit_for_bit(seed, n, levels):
+    from scipy import stats
+
+    from cascade.tuners.markov_copula import kendall_tau_b
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, levels, n) / levels
+    for y in (np.round(x + rng.normal(0, 0.3, n), 2), np.round(-x + rng.normal(0, 0.3, n), 1), rng.random(n)):
+        want = float(stats.kendalltau(x, y)[0])
+        assert kendall_tau_b(x, y) == want
+        assert kendall_tau_b(x, y, max_cells=1) == want  # scipy's own path
+    assert np.isnan(kendall_tau_b(np.ones(10), np.arange(10.0)))  # every pair tied in x

@@ -28,7 +28,7 @@ import pandas as pd
 from cascade.data.records import CascadeData, RecordsError, cascade_data
 from cascade.evaluate import curves as evaluate
 from cascade.tuners import METHODS, Tuner, get_method, register, threshold_bounds  # noqa: F401
-from cascade.tuners.calibration import TransformError, auto_transform, check_domain, make_calibrator
+from cascade.tuners.calibration import Parts, TransformError, auto_transform, make_calibrator, out_of_domain
 
 COST_SCALE = 1e6  # tuning and curves use USD per million queries
 COST_MODES = ("per-query", "model-mean")
@@ -60,10 +60,11 @@ def _signal_rows(records, models: list[str], splits, signal: str, benchmark: str
     a frame with model, split, query_id and the signal, in the values' order, for messages only).
 
     ``records``: a records frame, or what :func:`cascade.data.records.load_cascade` returned (split ->
-    CascadeData, raw signals): values then come split by split, model by model, in query-id order."""
+    CascadeData, raw signals): values then come split by split, model by model, in query-id order, as
+    :class:`~cascade.tuners.calibration.Parts` (one array per split and model, never concatenated)."""
     if isinstance(records, Mapping):
         parts = [(s, cascade_data(records, models, s)) for s in dict.fromkeys(splits) if s in records]
-        v = np.concatenate([d.confidence.ravel(order="F") for _, d in parts]) if parts else np.zeros(0)
+        v = Parts(d.confidence[:, j] for _, d in parts for j in range(d.k))
 
         def rows() -> pd.DataFrame:
             return pd.concat([pd.DataFrame({"model": np.repeat(d.models, d.n), "split": s,
@@ -98,12 +99,17 @@ def choose_transform(records, *, models: list[str], signal: str = "confidence",
     if calibration not in ("auto", "logistic", "none"):
         raise ValueError(f"unknown calibration {calibration!r}; use auto or none")
     v, rows = _signal_rows(records, models, splits, signal, benchmark)
+
+    def values() -> np.ndarray:  # all values in one array: for the messages below only
+        return (np.concatenate(v) if len(v) else np.zeros(0)) if isinstance(v, Parts) else v
+
     if calibration == "none":
         if transform != "auto":
             raise ValueError(f"--transform {transform} applies to --calibration auto; with --calibration none "
                              "the signal is taken as P(correct) as it is")
-        bad = ~((v >= 0) & (v <= 1))
-        if bad.any():
+        if not all(((p >= 0) & (p <= 1)).all() for p in (v if isinstance(v, Parts) else [v])):
+            v = values()
+            bad = ~((v >= 0) & (v <= 1))
             raise ValueError(f"--calibration none needs signal {signal!r} in [0, 1] (it is taken as P(correct)); "
                              f"{int(bad.sum())} value(s) are not, e.g. {_where(rows, bad, signal)}: use "
                              "--calibration auto")
@@ -114,11 +120,10 @@ def choose_transform(records, *, models: list[str], signal: str = "confidence",
         else:
             name, reason = transform, f"given (--transform {transform})"
     except TransformError as e:
-        raise TransformError(f"{e} (e.g. {_where(rows, v > 0, signal)})") from None
+        raise TransformError(f"{e} (e.g. {_where(rows, values() > 0, signal)})") from None
     if name in ("one-sided", "two-sided"):
-        try:
-            check_domain(name, v)
-        except TransformError:
+        if out_of_domain(name, v):
+            v = values()
             bad = np.isnan(v) | (v > 1e-6)
             how = "registered as a log-probability signal" if transform == "auto" else "--transform " + name
             raise TransformError(

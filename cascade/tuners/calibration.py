@@ -2,11 +2,12 @@
 
 A raw signal is transformed, then a logistic regression (intercept + slope, unpenalised maximum
 likelihood) of correctness on the transformed value gives the calibrated confidence
-c = sigmoid(a + b t). The fit runs on the sufficient statistics: the distinct transformed values with
-their counts and mean correctness (statsmodels ``GLM``, binomial family, frequency weights, Newton from
-zero as ``Logit.fit``): the same likelihood, so the same maximum (to float rounding) at a cost that
-grows with the number of distinct values, not of queries. Separated data (no finite maximum) go to the
-point-wise ``Logit`` fit and its fallbacks, as before. Transforms:
+c = sigmoid(a + b t). Where the transformed values repeat (fewer distinct values than half the
+points, e.g. millions of queries with a few hundred distinct signals) the fit runs on the sufficient
+statistics: the distinct values with their counts and mean correctness (statsmodels ``GLM``, binomial
+family, frequency weights, Newton from zero as ``Logit.fit``), the same likelihood, so the same maximum
+to float rounding, at a cost that grows with the distinct values, not the queries. Otherwise, and for
+separated data (no finite maximum), the point-wise ``Logit`` fit and its fallbacks. Transforms:
 
 - ``one-sided``: answer log-probabilities l = log p in [-inf, 0]: t = -log(1 - p) (l = -inf is p = 0,
   l = 0 is p = 1);
@@ -142,8 +143,8 @@ class LogisticCalibrator:
         y = np.asarray(correct, float)
         self.coef_ = np.array([np.log((y.mean() + 1e-9) / (1 - y.mean() + 1e-9)), 0.0])
         if 0 < y.mean() < 1 and np.ptp(t) > 0:
-            coef = grouped_logit(t, y)
-            if coef is None:  # separated data (or a failed grouped fit): the point-wise fit and its fallbacks
+            coef = grouped_logit(t, y, max_groups=len(t) // 2)
+            if coef is None:  # few ties, separated data or a failed grouped fit: point-wise, with its fallbacks
                 coef = pointwise_logit(t, y)
             if coef is not None:
                 self.coef_ = coef
@@ -161,14 +162,17 @@ def _design(t) -> np.ndarray:
     return np.column_stack([np.ones(len(t)), np.asarray(t, float)])
 
 
-def grouped_logit(t, y, maxiter: int = 1000) -> np.ndarray | None:
+def grouped_logit(t, y, maxiter: int = 1000, max_groups: int | None = None) -> np.ndarray | None:
     """The unpenalised logistic MLE of ``y`` (in [0, 1]) on (1, ``t``), fitted on the distinct values of
     ``t`` with their counts and mean ``y``: the log-likelihood sum_i y_i log p(t_i) + (1 - y_i) log(1 - p(t_i))
     equals sum_g n_g (ybar_g log p(t_g) + (1 - ybar_g) log(1 - p(t_g))), so the maximum is the same.
     statsmodels ``GLM`` (binomial, frequency weights n_g) with Newton from zero, as ``Logit.fit`` runs.
     Returns None when the data are separated (some threshold on t splits the correct from the wrong
-    answers: no finite maximum) or the fit fails; :func:`pointwise_logit` then decides as before."""
+    answers: no finite maximum), when there are more than ``max_groups`` distinct values (grouping would
+    not pay) or when the fit fails; :func:`pointwise_logit` then decides as before."""
     vals, inv = np.unique(np.asarray(t, float), return_inverse=True)
+    if max_groups is not None and len(vals) > max_groups:
+        return None
     n = np.bincount(inv)
     s = np.bincount(inv, weights=np.asarray(y, float), minlength=len(vals))
     pos, neg = s > 0, s < n  # values with some correct answer / some wrong one
@@ -232,14 +236,28 @@ def make_calibrator(calibration: str, transform: str = "one-sided"):
     raise ValueError(f"unknown calibration {calibration!r}; use auto or none")
 
 
-def _describe_range(v: np.ndarray) -> str:
-    return f"[{v.min():.4g}, {v.max():.4g}]"
+class Parts(list):
+    """Signal values given as several arrays (e.g. one per model and split), read as their concatenation
+    by :func:`auto_transform` and :func:`out_of_domain` without building it (10^7 values at scale)."""
+
+
+def _parts(values) -> list[np.ndarray]:
+    if isinstance(values, Parts):
+        return [np.asarray(p, float).reshape(-1) for p in values]
+    return [np.asarray(values, float).reshape(-1)]
+
+
+def _describe_range(parts: list[np.ndarray]) -> str:
+    parts = [p for p in parts if p.size]
+    lo = np.array([p.min() for p in parts]).min()  # NaN if any value is NaN, as the concatenation's min
+    hi = np.array([p.max() for p in parts]).max()
+    return f"[{lo:.4g}, {hi:.4g}]"
 
 
 def auto_transform(column: str, values) -> tuple[str, str]:
     """The transform ``auto`` picks for signal ``column`` with raw ``values`` (train and test, every
-    model of the cascade), and why (one sentence). Raises :class:`TransformError` when the values
-    contradict every reading.
+    model of the cascade; an array, or :class:`Parts`), and why (one sentence). Raises
+    :class:`TransformError` when the values contradict every reading.
 
     - A registered signal (:func:`cascade.scoring.signals.by_column`) gets its registered transform
       (its values are then checked against it by :func:`check_domain`).
@@ -249,32 +267,44 @@ def auto_transform(column: str, values) -> tuple[str, str]:
       log-probabilities with wrong values; ``--transform identity`` takes them as a score); otherwise a
       score of both signs, identity.
     """
-    v = np.asarray(values, float)
+    parts = _parts(values)
     sig = signal_registry.by_column(column)
     if sig is not None:
         return sig.transform, (f"{column} is the registered signal {sig.name!r} ({sig.description}): "
                                f"{sig.transform}")
-    if v.size == 0:
+    size = sum(p.size for p in parts)
+    if size == 0:
         raise TransformError(f"signal {column!r} has no values")
-    finite = v[np.isfinite(v)]
-    rng = _describe_range(v)
-    if not (v > 0).any():
+    rng = _describe_range(parts)
+    if not any((p > 0).any() for p in parts):
         return "one-sided", (f"{column} is not a registered signal and its values lie in {rng} (all <= 0): "
                              f"answer log-probabilities, one-sided; for P(True) log-probs name the column "
                              f"conf_ptrue or pass --transform two-sided")
-    if (v >= 0).all() and (v <= 1).all():
+    if all(((p >= 0) & (p <= 1)).all() for p in parts):
         return "identity", (f"{column} is not a registered signal and its values lie in {rng} (within [0, 1], "
                             f"not all <= 0): probabilities or bounded scores, identity")
-    n_pos = int((v > 0).sum())
-    only_inf = finite.size > 0 and bool((finite <= 0).all())
-    if (v < 0).any() and (only_inf or n_pos < MIXED_SHARE * v.size):
+    n_pos = int(sum((p > 0).sum() for p in parts))
+    # some finite value, and none of them above 0
+    only_inf = (any(np.isfinite(p).any() for p in parts)
+                and not any((np.isfinite(p) & (p > 0)).any() for p in parts))
+    if any((p < 0).any() for p in parts) and (only_inf or n_pos < MIXED_SHARE * size):
         what = "+inf" if only_inf else "above 0"
         raise TransformError(
-            f"signal {column!r} looks like log-probabilities ({v.size - n_pos} of {v.size} values <= 0) but {n_pos} "
+            f"signal {column!r} looks like log-probabilities ({size - n_pos} of {size} values <= 0) but {n_pos} "
             f"value(s) are {what}; a log-probability is <= 0 (certain = 0, impossible = -inf): fix those values, "
             f"or pass --transform identity to use the column as a plain score")
-    return "identity", (f"{column} is not a registered signal and its values lie in {rng} ({n_pos} of {v.size} "
+    return "identity", (f"{column} is not a registered signal and its values lie in {rng} ({n_pos} of {size} "
                         f"> 0): not log-probabilities, a score of both signs, identity")
+
+
+def out_of_domain(transform: str, values) -> bool:
+    """Whether some of ``values`` (an array, or :class:`Parts`) lie outside ``transform``'s domain (the
+    values :func:`check_domain` refuses), without copying them."""
+    if transform in ("one-sided", "two-sided"):
+        return any((np.isnan(p) | (p > LOGPROB_TOL)).any() for p in _parts(values))
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; choose one of auto, {', '.join(TRANSFORMS)}")
+    return False
 
 
 def check_domain(transform: str, values) -> None:
