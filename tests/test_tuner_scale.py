@@ -176,3 +176,11 @@ def test_kendall_tau_from_counts_is_scipys_bit_for_bit(seed, n, levels):
         assert kendall_tau_b(x, y) == want
         assert kendall_tau_b(x, y, max_cells=1) == want  # scipy's own path
     assert np.isnan(kendall_tau_b(np.ones(10), np.arange(10.0)))  # every pair tied in x
+
+
+def test_score_many_refuses_vectors_of_the_wrong_length():
+    data = _data(np.random.default_rng(0), 50, 3, 5)
+    with pytest.raises(ValueError, match="need 2 thresholds for 3 models, got 3"):
+        routing.score_many([np.zeros(3), np.zeros(3)], data)
+    with pytest.raises(ValueError, match="need 2 thresholds"):
+        routing.score_curve([np.zeros(2), np.zeros(1)], data)

@@ -74,7 +74,11 @@ def score_many(threshold_list, data: CascadeData) -> dict:
     and, for 0/1 labels, errors equal :func:`score_thresholds`'s exactly; mean costs (and soft-label
     errors) to float rounding, the sums adding in another order."""
     n, k = data.n, data.k
-    T = np.array([np.asarray(t, float).reshape(-1) for t in threshold_list], float).reshape(-1, k - 1)
+    vectors = [np.asarray(t, float).reshape(-1) for t in threshold_list]
+    for t in vectors:
+        if t.shape[0] != k - 1:
+            raise ValueError(f"need {k - 1} thresholds for {k} models, got {t.shape[0]}")
+    T = np.array(vectors, float).reshape(len(vectors), k - 1)
     B = len(T)
     if B == 0 or n == 0 or np.isnan(T).any() or np.isnan(data.confidence[:, : k - 1]).any():
         rows = [score_thresholds(t, data) for t in T]
