@@ -141,13 +141,11 @@ def breakdown(store: Path, models: list[str]) -> list[tuple[str, float, float, f
 
 
 def run_breakdown(store: Path, models: list[str], env: dict, work: Path) -> list[tuple[str, float, float, float]]:
-    """:func:`breakdown` in a fresh subprocess (its peak RSS is then the tune's alone, not this script's)."""
+    """:func:`breakdown` in a fresh subprocess, started through :data:`WRAPPER` (its peak RSS is then the
+    tune's alone, not this script's)."""
     out = work / "breakdown.json"
-    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--breakdown-of", str(store),
-                        "--models", ",".join(models), "--json", str(out)], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"breakdown failed (exit {r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-3000:]}")
+    run_step([sys.executable, str(Path(__file__).resolve()), "--breakdown-of", str(store), "--models",
+              ",".join(models), "--json", str(out)], env, work / "log-breakdown.txt")
     return [tuple(row) for row in json.loads(out.read_text())]
 
 

@@ -98,3 +98,19 @@ def test_step_peak_rss_is_the_steps_own_not_the_parents(tmp_path):
         assert "boom" in str(e)
     else:
         raise AssertionError("a failing step must stop the benchmark")
+
+
+def test_breakdown_runs_in_a_fresh_process_and_reports_its_own_peak(tmp_path, capsys):
+    import numpy as np
+
+    big = np.ones(600 * 2 ** 20 // 8)  # this process's peak must not show up in the breakdown's
+    js = tmp_path / "m.json"
+    rc = _bench().main(["--sizes", "60", "--steps", "import", "--workdir", str(tmp_path / "w"), "--breakdown",
+                        "--json", str(js)])
+    assert rc == 0 and big.sum() > 0
+    stages = json.loads(js.read_text())["stages"]
+    names = [s[0] for s in stages]
+    assert names[0].startswith("imports") and any(n.startswith("calibration") for n in names)
+    assert any(n.startswith("test curve") for n in names)
+    assert 30 < stages[0][3] < 500, stages[0]  # a fresh Python with the tuning modules, not 600 MB more
+    assert "stages of one markov-copula tune" in capsys.readouterr().out
