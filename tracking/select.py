@@ -12,37 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .mlflow_log import log_summary, log_tune_dir, parent_run
+from cascade.evaluate import select
+
+from .mlflow_log import _flat_params, _tags, log_summary, log_tune_dir, parent_run
 from .store import configure, guard, write_lock
-
-
-def selection_metrics(summary: dict) -> dict:
-    """Parent-run metrics: the frontier's own test AUC, and per baseline the AUCs over the shared range,
-    the % change and the share of that range where the frontier is lower."""
-    out = {"frontier_test_auc": summary.get("frontier_test_auc"), "n_frontier": summary.get("n_frontier"),
-           "n_candidates": summary.get("n_candidates"), "n_subcascades": summary.get("n_subcascades"),
-           "seconds": summary.get("seconds"), "seconds_tuning": summary.get("seconds_tuning")}
-    for name, e in (summary.get("baselines") or {}).items():
-        out[f"{name}.auc_frontier"] = e.get("auc_frontier")
-        out[f"{name}.auc_baseline"] = e.get("auc_baseline")
-        out[f"{name}.pct_change"] = e.get("pct_change")
-        out[f"{name}.frontier_better_share"] = e.get("frontier_better_share")
-    for name, v in ((summary.get("all_curves") or {}).get("best_share") or {}).items():
-        out[f"best_share.{name}"] = v
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def frontier_table(frontier: pd.DataFrame) -> pd.DataFrame:
-    """The frontier as a table MLflow can show (lists as JSON strings)."""
-    cols = [c for c in ("budget_lo", "budget_hi", "cascade", "point", "thresholds", "abstain_thresholds",
-                        "train_error", "train_cost", "measured_train_error", "measured_train_cost", "test_error",
-                        "test_cost", "test_wrong", "test_abstention") if c in frontier]
-    t = frontier[cols].copy()
-    for c in ("thresholds", "abstain_thresholds"):
-        if c in t:
-            t[c] = t[c].map(lambda v: json.dumps([None if not pd.notna(x) or abs(x) == float("inf") else round(float(x), 6)
-                                                  for x in v]))
-    return t
 
 
 @contextlib.contextmanager
@@ -60,13 +33,13 @@ def _selection_run(experiment: str, name: str, params: dict, tags: dict, uri: st
     with guard(f"starting the selection run {name!r}"), write_lock():
         active = mlflow.active_run()
         if active is not None and parent_run_id in (None, active.info.run_id):
-            ctx = mlflow.start_run(run_name=name, nested=True, tags={k: str(v) for k, v in tags.items()})
+            ctx = mlflow.start_run(run_name=name, nested=True, tags=_tags(tags))
         else:
-            ctx = mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags={k: str(v) for k, v in tags.items()})
+            ctx = mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags=_tags(tags))
         run = ctx.__enter__()
     try:
         with guard(f"logging the parameters of {name!r}"), write_lock():
-            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_params(_flat_params(params))
         yield run
     except BaseException:
         with contextlib.suppress(Exception):
@@ -104,11 +77,12 @@ def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | Non
             for f in ("frontier.png", "frontier.parquet", "summary.json", "answer.txt", "candidates.parquet"):
                 if (out_dir / f).exists():
                     mlflow.log_artifact(str(out_dir / f))
-        log_summary(tables={"frontier_table.json": frontier_table(frontier)}, metrics=selection_metrics(summary))
+        log_summary(tables={"frontier_table.json": select.frontier_log_table(frontier)},
+                    metrics=select.selection_metrics(summary))
         for d in sorted(p for p in (out_dir / "cascades").iterdir() if children and (p / "summary.json").exists()):
             log_tune_dir(d, records_path=records_path, records_df=records_df, parent_run_id=parent.info.run_id,
                          tags={"cascade.select_parent": parent.info.run_id})
         return parent.info.run_id
 
 
-__all__ = ["log_selection", "selection_metrics", "frontier_table"]
+__all__ = ["log_selection"]

@@ -31,6 +31,7 @@ error counts answered queries that were wrong.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -676,9 +677,39 @@ def write_selection(sel: Selection, out) -> Path:
     return out
 
 
+def selection_metrics(summary: dict) -> dict:
+    """A selection's summary metrics (what tracking logs on the selection run): the frontier's own test AUC, and per baseline the AUCs over the shared range,
+    the % change and the share of that range where the frontier is lower."""
+    out = {"frontier_test_auc": summary.get("frontier_test_auc"), "n_frontier": summary.get("n_frontier"),
+           "n_candidates": summary.get("n_candidates"), "n_subcascades": summary.get("n_subcascades"),
+           "seconds": summary.get("seconds"), "seconds_tuning": summary.get("seconds_tuning")}
+    for name, e in (summary.get("baselines") or {}).items():
+        out[f"{name}.auc_frontier"] = e.get("auc_frontier")
+        out[f"{name}.auc_baseline"] = e.get("auc_baseline")
+        out[f"{name}.pct_change"] = e.get("pct_change")
+        out[f"{name}.frontier_better_share"] = e.get("frontier_better_share")
+    for name, v in ((summary.get("all_curves") or {}).get("best_share") or {}).items():
+        out[f"best_share.{name}"] = v
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def frontier_log_table(frontier: pd.DataFrame) -> pd.DataFrame:
+    """The frontier as a flat table (lists as JSON strings), for tables shown by a UI (MLflow's ``log_table``)."""
+    cols = [c for c in ("budget_lo", "budget_hi", "cascade", "point", "thresholds", "abstain_thresholds",
+                        "train_error", "train_cost", "measured_train_error", "measured_train_cost", "test_error",
+                        "test_cost", "test_wrong", "test_abstention") if c in frontier]
+    t = frontier[cols].copy()
+    for c in ("thresholds", "abstain_thresholds"):
+        if c in t:
+            t[c] = t[c].map(lambda v: json.dumps([None if not pd.notna(x) or abs(x) == float("inf") else round(float(x), 6)
+                                                  for x in v]))
+    return t
+
+
 __all__ = [
     "SELECT_ON", "SELECT_FILES", "Selection", "SubCascade", "subcascades_of", "cascade_name", "take", "tune_subcascade",
     "tune_all", "candidates_frame", "frontier_of", "choose", "interp_error", "best_pair", "baseline_curves",
     "compare_to_baselines", "select_prepared", "run_selection", "answer_rows", "table_bands",
     "format_frontier_table", "frontier_figure", "check_out", "write_selection", "single_threaded_blas",
+    "selection_metrics", "frontier_log_table",
 ]
