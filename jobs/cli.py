@@ -101,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, FileNotFoundError) as e:  # RecordsError, ConfigError: ValueError subclasses
         print(f"cascade {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        # A tracking failure a command did not turn into its own line (tracking.TrackingUnavailable, matched
+        # by name so that this module never imports MLflow): one line, exit 3.
+        if type(e).__name__ != "TrackingUnavailable" or not type(e).__module__.startswith("tracking"):
+            raise
+        print(e.line(f"cascade {args.command}"), file=sys.stderr)
+        return 3
 
 
 __all__ = ["COMMANDS", "OPTIONAL_COMMANDS", "UserError", "build_parser", "main", "version"]

@@ -97,3 +97,28 @@ def test_every_option_has_help(command):
 def test_study_top_level_help_has_no_issue_reference():
     code, out, _ = _run(["--help"])
     assert code == 0 and "issue 4" not in out and "list" in out
+
+
+def test_an_uncaught_tracking_failure_is_one_line_and_exit_3(monkeypatch, capsys):
+    """A command that lets tracking.TrackingUnavailable escape still ends with the one line and exit 3;
+    any other RuntimeError is not swallowed."""
+    from jobs import cli
+    from tracking.store import TrackingUnavailable
+
+    def boom(args):
+        raise TrackingUnavailable("the store at sqlite:///x.db is read-only")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices["list"].set_defaults(func=boom)
+    assert cli.main(["list", "methods"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cascade list: tracking failed: the store at sqlite:///x.db is read-only"]
+
+    def other(args):
+        raise RuntimeError("not tracking")
+
+    sub.choices["list"].set_defaults(func=other)
+    with pytest.raises(RuntimeError, match="not tracking"):
+        cli.main(["list", "methods"])
