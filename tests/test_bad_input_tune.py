@@ -539,3 +539,17 @@ def test_cascade_folders_never_leave_out():
         assert "/" not in name and not name.startswith(".") and name not in (".", "..")
     with pytest.raises(ValueError, match="share the output folder"):
         cascade_folders([["a-b", "c"], ["a", "b-c"]])
+
+
+@pytest.mark.parametrize("extra,method,fragment", [
+    (["--gof"], "grid", "--gof works with --method markov-copula"),
+    (["--gof"], "copula", "--gof works with --method markov-copula"),
+    (["--lambda-stop", "cheapest"], "grid", "--lambda-stop cheapest works with --method markov-copula or copula"),
+])
+def test_options_of_another_method_are_refused_not_ignored(tmp_path, capsys, extra, method, fragment):
+    out = tmp_path / "out"
+    code = cli.main(["tune", "--results", str(ROOT / "examples" / "medmcqa-llama.parquet"), "--models",
+                     "llama3.2-1b,llama3.1-405b", "--method", method, "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0]
+    assert not out.exists()

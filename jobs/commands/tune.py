@@ -55,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--transform", default="auto", choices=["auto", "one-sided", "two-sided", "identity"],
                    help=TRANSFORM_HELP)
     p.add_argument("--lambda-stop", default="cascade", choices=["cascade", "cheapest"],
-                   help="markov-copula: stop the lambda path near the cascade's first model's cost (cascade) or "
+                   help="markov-copula, copula: stop the lambda path near the cascade's first model's cost (cascade) or "
                         "near the cheapest model of the benchmark (cheapest, the release's behaviour)")
     p.add_argument("--abstain-cost", type=float, default=None, metavar="X",
                    help="markov-copula: early abstention, every stage may abstain on low confidence at a penalty "
@@ -150,6 +150,12 @@ def run_tune(args) -> int:
     from cascade.evaluate import tuning as tune
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not getattr(args, "_one_of_many", False):  # with --method a,b each option applies where it can
+        if args.gof and args.method != "markov-copula":
+            raise ValueError(f"--gof works with --method markov-copula (it tests that model's fit), not {args.method!r}")
+        if args.lambda_stop == "cheapest" and args.method not in ("markov-copula", "copula"):
+            raise ValueError(f"--lambda-stop cheapest works with --method markov-copula or copula (their lambda path), "
+                             f"not {args.method!r}")
     if len(models) < 2:
         raise ValueError(f"--models {args.models!r}: a cascade needs at least two models, e.g. --models small,large")
     if len(set(models)) != len(models):
@@ -191,7 +197,7 @@ def run_tune(args) -> int:
     print(f"cascade tune: transform {choice.name} for {signal}: {choice.reason}", file=sys.stderr)
     if "seed" in cls.param_names() and "seed" not in params:
         params["seed"] = args.seed
-    if args.method == "markov-copula" and args.lambda_stop == "cheapest":
+    if args.method in ("markov-copula", "copula") and args.lambda_stop == "cheapest":
         means = records.mean_costs(args.results, args.train_split, benchmark=args.benchmark)
         params.setdefault("stop_reference", "chain")
         params.setdefault("reference_cost", float(min(means.values()) * tune.COST_SCALE))
@@ -271,6 +277,7 @@ def run_tune_many(args) -> int:
     for m in methods:
         a = copy.copy(args)
         a.method, a.out, a.track, a.param = m, str(out / m), False, params[m]
+        a._one_of_many = True
         print(f"\n== {m}")
         code = run_tune(a)
         if code:
