@@ -47,6 +47,26 @@ def _read_outputs(d: Path, summaries: list[Path]) -> list[tuple[Path, dict]]:
     return out
 
 
+def _log_once(d, uri, experiment: str, fp: str, kind: str, what: str, log, done_what: str | None = None) -> int:
+    """Log one output folder unless a run of ``kind`` in ``experiment`` already holds its fingerprint ``fp``:
+    exit 0 (logged, or already there), 3 on a tracking failure (one line; the folder is unchanged)."""
+    import tracking
+
+    try:
+        tracking.check_reachable(uri)
+        done = tracking.find_logged_output(experiment, fp, kind=kind, uri=uri)
+        if done:
+            print(f"already logged: {what} {done} in experiment {experiment!r} holds these outputs "
+                  f"(output fingerprint {fp}); nothing logged")
+            return 0
+        run_id = log()
+    except tracking.TrackingUnavailable as e:
+        print(e.line("cascade log") + f"; nothing was logged, {d} is unchanged", file=sys.stderr)
+        return 3
+    print(f"logged {done_what or what} {run_id} to experiment {experiment!r} at {uri}")
+    return 0
+
+
 def run_log(args) -> int:
     import json
 
@@ -69,21 +89,12 @@ def run_log(args) -> int:
             raise ValueError(f"{stats_file}: not valid JSON ({e})") from None
         experiment = args.experiment or "scoring"
         fp = M.output_fingerprint(d)
-        try:
-            tracking.check_reachable(uri)
-            done = tracking.find_logged_output(experiment, fp, kind="score", uri=uri)
-            if done:
-                print(f"already logged: scoring run {done} in experiment {experiment!r} holds these outputs "
-                      f"(output fingerprint {fp}); nothing logged")
-                return 0
+
+        def log_it():
             tracking.configure(uri, experiment)
-            run_id = tracking.log_scoring(stats, records_dir=d, config=stats.get("config"),
-                                          tags={"cascade.logged_from": str(d.resolve())})
-        except tracking.TrackingUnavailable as e:
-            print(e.line("cascade log") + f"; nothing was logged, {d} is unchanged", file=sys.stderr)
-            return 3
-        print(f"logged scoring run {run_id} to experiment {experiment!r} at {uri}")
-        return 0
+            return tracking.log_scoring(stats, records_dir=d, config=stats.get("config"),
+                                        tags={"cascade.logged_from": str(d.resolve())})
+        return _log_once(d, uri, experiment, fp, "score", "scoring run", log_it)
 
     if tracking.is_study_dir(d):  # a `cascade study` output (meta.json, runs.csv, summary.csv)
         from tracking.study import default_experiment, read_study
@@ -91,20 +102,9 @@ def run_log(args) -> int:
         meta = read_study(d)[0]  # unreadable files: exit 2 before anything is logged
         experiment = args.experiment or default_experiment(meta)
         fp = M.output_fingerprint(d)
-        try:
-            tracking.check_reachable(uri)
-            done = tracking.find_logged_output(experiment, fp, kind="parent", uri=uri)
-            if done:
-                print(f"already logged: study run {done} in experiment {experiment!r} holds these outputs "
-                      f"(output fingerprint {fp}); nothing logged")
-                return 0
-            run_id = tracking.log_study(d, experiment=experiment, uri=uri, output_fingerprint=fp)
-        except tracking.TrackingUnavailable as e:
-            print(e.line("cascade log") + f"; {d} is unchanged, rerun this command once the store works",
-                  file=sys.stderr)
-            return 3
-        print(f"logged study run {run_id} (a run per chain x method) to experiment {experiment!r} at {uri}")
-        return 0
+        return _log_once(d, uri, experiment, fp, "parent", "study run",
+                         lambda: tracking.log_study(d, experiment=experiment, uri=uri, output_fingerprint=fp),
+                         done_what="study run (a run per chain x method)")
 
     summaries = [d / "summary.json"] if (d / "summary.json").exists() else sorted(
         s for s in d.rglob("summary.json")  # hidden folders: a writer's temp folder, a replaced output
