@@ -96,22 +96,27 @@ def persist(export: dict, run_id: str, url: str, user_attrs: dict | None = None)
     from cascade.tuners.bayes_opt import rebuild_trials
 
     names = study_names(run_id, export)
-    with _storage(url) as storage, warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, spec in zip(names, export["studies"]):
-            with contextlib.suppress(KeyError):
-                optuna.delete_study(study_name=name, storage=storage)
-            study = optuna.create_study(storage=storage, study_name=name, directions=spec["directions"])
-            if spec.get("metric_names"):
-                study.set_metric_names(spec["metric_names"])
-            attrs = {**(user_attrs or {}), "mode": export.get("mode"), "sampler": export.get("sampler"),
-                     "seed": export.get("seed"), "mlflow_run_id": run_id}
-            if "lambda" in spec:
-                attrs["lambda"] = spec["lambda"]
-            for k, v in attrs.items():
-                if v is not None:
-                    study.set_user_attr(k, v)
-            study.add_trials(rebuild_trials(spec))
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line per logged run
+    try:
+        with _storage(url) as storage, warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            for name, spec in zip(names, export["studies"]):
+                with contextlib.suppress(KeyError):
+                    optuna.delete_study(study_name=name, storage=storage)
+                study = optuna.create_study(storage=storage, study_name=name, directions=spec["directions"])
+                if spec.get("metric_names"):
+                    study.set_metric_names(spec["metric_names"])
+                attrs = {**(user_attrs or {}), "mode": export.get("mode"), "sampler": export.get("sampler"),
+                         "seed": export.get("seed"), "mlflow_run_id": run_id}
+                if "lambda" in spec:
+                    attrs["lambda"] = spec["lambda"]
+                for k, v in attrs.items():
+                    if v is not None:
+                        study.set_user_attr(k, v)
+                study.add_trials(rebuild_trials(spec))
+    finally:
+        optuna.logging.set_verbosity(level)
     return names
 
 
