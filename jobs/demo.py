@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if tracking is not None:
         uri = tracking.tracking_uri(args.tracking_uri)
         print(f"MLflow: experiment {args.experiment!r}, parent run {parent_id} with "
-              f"{len(rows) + 1} nested runs, in {uri}")
+              f"{len(rows) + 1 + (selection is not None)} nested runs (scoring, tuning, selection), in {uri}")
         if uri.startswith("sqlite:///"):
             print(f"open the UI:  {ROOT / '.venv' / 'bin' / 'mlflow'} ui --backend-store-uri {uri} --port 5000   "
                   "then browse http://127.0.0.1:5000")
