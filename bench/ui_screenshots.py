@@ -30,6 +30,7 @@ Defaults: ``$MLFLOW_TRACKING_URI`` else ``sqlite:///<repo>/mlflow.db``; the expe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -109,6 +110,34 @@ def screenshot(chromium: str, url: str, path: Path, size: str, wait_ms: int) -> 
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180, check=True)
 
 
+@contextlib.contextmanager
+def _serve(cmd: list[str], ready_url: str, log_path: Path, timeout: float, what: str):
+    """Run ``cmd`` in its own process group until ``ready_url`` answers; yield True, or False (a line printed)
+    when it exits or does not answer within ``timeout`` s. The server is stopped on leaving."""
+    log = open(log_path, "wb")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(ready_url, timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    print(f"ui_screenshots: {what} did not start; see {log_path}", file=sys.stderr)
+                    yield False
+                    return
+                time.sleep(1)
+        yield True
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
 def optuna_shot(chromium: str, tracking_uri: str, out: Path, size: str, wait_ms: int) -> int:
     """optuna-dashboard on the Optuna storage beside the store, screenshot of its newest study."""
     import optuna
@@ -128,33 +157,15 @@ def optuna_shot(chromium: str, tracking_uri: str, out: Path, size: str, wait_ms:
         return 2
     newest = max(studies, key=lambda st: st._study_id)
     port = _free_port()
-    log = open(out / "optuna-dashboard.log", "wb")
-    server = subprocess.Popen([str(dash), url, "--host", "127.0.0.1", "--port", str(port)], stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    print(f"ui_screenshots: optuna-dashboard did not start; see {out / 'optuna-dashboard.log'}",
-                          file=sys.stderr)
-                    return 3
-                time.sleep(1)
+    with _serve([str(dash), url, "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/api/studies",
+                out / "optuna-dashboard.log", 120, "optuna-dashboard") as up:
+        if not up:
+            return 3
         page = f"http://127.0.0.1:{port}/dashboard/studies/{newest._study_id}"
         w, h = size.split(",")
         screenshot(chromium, page, out / "optuna_dashboard.png", f"{w},{int(h) * 14 // 10}", wait_ms)
         print(f"{out / 'optuna_dashboard.png'}  <- {page} (study {newest.study_name})")
         return 0
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 def main(argv=None) -> int:
@@ -176,21 +187,10 @@ def main(argv=None) -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    log = open(out / "mlflow-ui.log", "wb")
-    server = subprocess.Popen([str(mlflow_bin), "ui", "--backend-store-uri", args.tracking_uri,
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    print(f"ui_screenshots: mlflow ui did not start; see {out / 'mlflow-ui.log'}", file=sys.stderr)
-                    return 3
-                time.sleep(1)
+    with _serve([str(mlflow_bin), "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port",
+                 str(port), "--workers", "1"], f"{base}/health", out / "mlflow-ui.log", 300, "mlflow ui") as up:
+        if not up:
+            return 3
         exp = _api(base, "experiments/get-by-name", query=f"experiment_name={args.experiment}")["experiment"]
         exp_id = exp["experiment_id"]
         parents = (_search(base, exp_id, "tags.`cascade.comparison` = 'true'")
@@ -234,13 +234,6 @@ def main(argv=None) -> int:
         if args.optuna:
             return optuna_shot(chromium, args.tracking_uri, out, args.size, args.wait_ms)
         return 0
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 if __name__ == "__main__":
