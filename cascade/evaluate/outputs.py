@@ -127,7 +127,10 @@ def _install(tmp: Path, target: Path, attempts: int = 100) -> None:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
         if target.is_dir():
-            foreign = _foreign(target)
+            try:
+                foreign = _foreign(target)
+            except FileNotFoundError:  # another writer moved it aside between the two looks: try again
+                continue
             if foreign:
                 raise ValueError(f"{target}: holds files that are not a `cascade tune` output "
                                  f"({', '.join(foreign[:3])}); not replacing it")
