@@ -64,7 +64,7 @@ def log_study(out_dir: str | os.PathLike, *, experiment: str | None = None, uri:
     """Log a study folder; returns the parent run's id. Raises :class:`tracking.TrackingUnavailable` when the
     store fails (the folder is untouched)."""
     from cascade.evaluate import comparison
-    from cascade.evaluate.study import method_metrics
+    from cascade.evaluate.study import method_metrics, method_table
 
     d = Path(out_dir)
     meta, runs, per_cascade, summary = read_study(d)
@@ -110,7 +110,6 @@ def log_study(out_dir: str | os.PathLike, *, experiment: str | None = None, uri:
                           "cascade.cascade": " -> ".join(models) or None, "cascade.reference": reference,
                           "cascade.benchmark": info.get("benchmark"),
                           "mlflow.source.git.commit": git_commit()}
-            mine = runs[(runs["chain"] == chain) & (runs["method"] == method)]
             with guard(f"logging the study run {run_name!r}"), write_lock():
                 with _nested(run_name, parent.info.run_id, _tags(child_tags)):
                     mlflow.log_params(_flat_params({
@@ -119,11 +118,7 @@ def log_study(out_dir: str | os.PathLike, *, experiment: str | None = None, uri:
                         "records": info.get("records"), "benchmark": info.get("benchmark"),
                         **{f"method.{k}": v for k, v in ((meta.get("overrides") or {}).get(method) or {}).items()}}))
                     _log_metrics(m)
-                    table = (mine.groupby(["n", "cascade", "k"], sort=False)
-                             .agg(pct_change=("pct_change", "mean"), auc=("auc", "mean"), auc_ref=("auc_ref", "mean"),
-                                  auc_own=("auc_own", "mean"), n_subsamples=("subsample", "size"))
-                             .reset_index())
-                    mlflow.log_table(table, artifact_file="per_cascade_table.json")
+                    mlflow.log_table(method_table(runs, chain, method), artifact_file="per_cascade_table.json")
         return parent.info.run_id
 
 

@@ -349,6 +349,16 @@ def _label(v) -> str:
     return str(v).replace("<=", "le").replace(">=", "ge").replace(" ", "")
 
 
+def method_table(runs: pd.DataFrame, chain: str, method: str) -> pd.DataFrame:
+    """One (chain, method)'s fits of a study, per training size n and cascade: mean % change, AUCs and the
+    number of subsamples (the table a tracking run per chain x method carries)."""
+    mine = runs[(runs["chain"] == chain) & (runs["method"] == method)]
+    return (mine.groupby(["n", "cascade", "k"], sort=False)
+            .agg(pct_change=("pct_change", "mean"), auc=("auc", "mean"), auc_ref=("auc_ref", "mean"),
+                 auc_own=("auc_own", "mean"), n_subsamples=("subsample", "size"))
+            .reset_index())
+
+
 def method_metrics(runs: pd.DataFrame, summary: pd.DataFrame, reference: str) -> dict:
     """What a study says about each (chain, method), as flat metrics (for one tracking run per chain x method,
     not one per fit): ``{(chain, method): {name: value}}``.
