@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-EXTRAS  ?= ray,tracking,cpu,text,dev
+EXTRAS  ?= ray,tracking,dashboard,cpu,text,dev
 
 .PHONY: venv demo test test-fast test-vllm bench bench-scoring clean
 

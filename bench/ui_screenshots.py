@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    with _serve([str(mlflow_bin), "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port",
+    with _serve([str(mlflow_bin), "ui", "--app-name", "cascade", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port",
                  str(port), "--workers", "1"], f"{base}/health", out / "mlflow-ui.log", 300, "mlflow ui") as up:
         if not up:
             return 3

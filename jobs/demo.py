@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow: experiment {args.experiment!r}, parent run {parent_id} with "
               f"{len(rows) + 1 + (selection is not None)} nested runs (scoring, tuning, selection), in {uri}")
         if uri.startswith("sqlite:///"):
-            print(f"open the UI:  {ROOT / '.venv' / 'bin' / 'mlflow'} ui --backend-store-uri {uri} --port 5000   "
-                  "then browse http://127.0.0.1:5000")
+            print(f"open the UI:  {ROOT / '.venv' / 'bin' / 'mlflow'} ui --app-name cascade --backend-store-uri {uri} "
+                  "--port 5000   then browse http://127.0.0.1:5000 (experiments open on their runs table)")
         else:
             print(f"open the UI:  {uri}")
     return 0

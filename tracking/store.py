@@ -270,7 +270,8 @@ def configure(uri: str | None = None, experiment: str = "cascade-eval", descript
         exp_id = exp.experiment_id if exp else client.create_experiment(
             experiment, artifact_location=_artifact_location(uri, experiment))
         have = dict(exp.tags) if exp else {}
-        # without the kind tag MLflow 3's UI opens an experiment on its GenAI overview (traces, all "No data")
+        # the kind MLflow's "Machine learning" choice writes (3.17.2's UI picks the landing page from the browser's
+        # workflow type instead: `mlflow ui --app-name cascade`, tracking/ui_app.py)
         if have.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         if not have.get(DESCRIPTION_TAG):  # a description a person wrote is kept
