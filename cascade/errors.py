@@ -13,4 +13,20 @@ class UserError(ValueError):
     """Bad input a user can fix (a file, a column, an option): printed as one line, exit status 2."""
 
 
-__all__ = ["UserError"]
+def format_validation_error(e, empty: str | None = "config") -> str:
+    """A pydantic ``ValidationError`` as one line: ``field.path: message`` per problem, joined by ``;``. A
+    problem of the whole model (no field) is prefixed with ``empty``, or not at all when it is None (its
+    message then names its field itself)."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or empty
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+__all__ = ["UserError", "format_validation_error"]

@@ -153,9 +153,10 @@ class StageWorker:
     """
 
     def __init__(self, stage: dict, signals: list[str], grading: dict, run_id: str, columns: list[str],
-                 keep_items: bool = False):
+                 keep_items: bool = False, tasks: list[dict] | None = None):
         from cascade.scoring.stage import load_stage
 
+        B.use(tasks)  # the tasks read from files in the driver
         t0 = time.perf_counter()
         self.engine, self.info = load_stage(StageConfig.model_validate(stage))
         self.signals, self.grading, self.run_id = list(signals), B.GradingConfig(**grading), run_id
@@ -184,9 +185,10 @@ class JudgeWorker:
     """The judge's ``map_batches`` callable: rows of ``benchmarks`` get ``correct`` from the judge model
     (P(Yes) > P(No)); other rows pass through unchanged."""
 
-    def __init__(self, stage: dict, benchmarks: list[str]):
+    def __init__(self, stage: dict, benchmarks: list[str], tasks: list[dict] | None = None):
         from cascade.scoring.stage import load_stage
 
+        B.use(tasks)
         self.engine, _ = load_stage(StageConfig.model_validate(stage))
         self.benchmarks = set(benchmarks)
 
@@ -217,15 +219,17 @@ def output_columns(cfg: ScoreConfig, benchmarks) -> list[str]:
 
 
 def plan(cfg: ScoreConfig) -> tuple[dict[str, list[Shard]], dict[tuple[str, str], list]]:
-    """Load every split (column checks happen here) and cut it into shards per stage."""
+    """Load every split (column checks happen here) and cut it into shards per stage. A benchmark is
+    named by its task's name (a task file's ``task:``), whether the config names it or gives its path."""
     out = Path(cfg.out)
     per_split: dict[tuple[str, str], list] = {}
     for b in cfg.benchmarks:
+        task = cfg.bench_task(b)
         for split in cfg.bench_splits(b):
             df = B.load_split(b.name, split, data_dir=cfg.bench_data_dir(b), limit=cfg.bench_limit(b))
             if len(df) == 0:
-                raise ConfigError(f"benchmarks: {b.name}/{split} has no rows")
-            per_split[(b.name, split)] = B.items(b.name, df)
+                raise ConfigError(f"benchmarks: {task.name}/{split} has no rows")
+            per_split[(task.name, split)] = task.items(df)
     shards: dict[str, list[Shard]] = {}
     for st in cfg.stages:
         lst = []
@@ -455,6 +459,7 @@ def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str):
     benchmarks = sorted({sh.benchmark for q in todo.values() for sh in q})
     judged = sorted(b for b in benchmarks if B.get(b).task == "free_text") if cfg.judge else []
     columns = output_columns(cfg, benchmarks)
+    tasks = B.specs(benchmarks)  # tasks from files: the workers get their definitions, not their paths
     parts = []
     for name, shards in todo.items():
         if not shards:
@@ -462,17 +467,17 @@ def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str):
         st = stage_cfg[name]
         ds = ray.data.from_pandas(_shard_frames(name, shards))
         if runner_of(st) == "ray.data.llm":
-            ds = _ray_llm_stage(ds, st, cfg, run_id, columns, keep_items=bool(judged))
+            ds = _ray_llm_stage(ds, st, cfg, run_id, columns, keep_items=bool(judged), tasks=tasks)
         else:
             ds = _map_batches(ds, StageWorker, st, cfg, len(shards), fn_constructor_kwargs=dict(
                 stage=st.model_dump(), signals=list(cfg.signals), grading=cfg.grading.model_dump(), run_id=run_id,
-                columns=columns, keep_items=bool(judged)))
+                columns=columns, keep_items=bool(judged), tasks=tasks))
         parts.append(ds)
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if judged:
         n = sum(len(q) for q in todo.values())
         ds = _map_batches(ds, JudgeWorker, cfg.judge, cfg, n,
-                          fn_constructor_kwargs=dict(stage=cfg.judge.model_dump(), benchmarks=judged))
+                          fn_constructor_kwargs=dict(stage=cfg.judge.model_dump(), benchmarks=judged, tasks=tasks))
     return ds
 
 
@@ -578,13 +583,14 @@ class _LLMRows:
     with :func:`cascade.scoring.stage.record_rows`, the function the engine path uses."""
 
     def __init__(self, step: str, stage: dict, signals: list[str], grading: dict, run_id: str, columns: list[str],
-                 keep_items: bool, max_logprobs: int):
+                 keep_items: bool, max_logprobs: int, tasks: list[dict] | None = None):
         from transformers import AutoTokenizer
 
         from cascade.scoring.engines.vllm_engine import model_stop_ids
         from cascade.scoring.models import materialize
         from cascade.scoring.stage import Prompter, stage_info
 
+        B.use(tasks)
         t0 = time.perf_counter()
         st = StageConfig.model_validate(stage)
         path = materialize(st.model)
@@ -684,7 +690,8 @@ def _llm_post(row: dict) -> dict:
     return keep
 
 
-def _ray_llm_stage(ds, st: StageConfig, cfg: ScoreConfig, run_id: str, columns: list[str], keep_items: bool):
+def _ray_llm_stage(ds, st: StageConfig, cfg: ScoreConfig, run_id: str, columns: list[str], keep_items: bool,
+                   tasks: list[dict] | None = None):
     """One vLLM stage through ``ray.data.llm``: answer requests -> vLLM processor -> [P(True) requests ->
     vLLM processor] -> records rows. The processor's replicas and tensor parallelism come from the stage
     config; prompts are tokenized by us (the processor's chat-template, tokenize and detokenize stages
@@ -712,7 +719,7 @@ def _ray_llm_stage(ds, st: StageConfig, cfg: ScoreConfig, run_id: str, columns: 
     proc = build_processor(vLLMEngineProcessorConfig(**pconf), preprocess=_llm_pre, postprocess=_llm_post,
                            preprocess_map_kwargs=light, postprocess_map_kwargs=light)
     kw = dict(stage=st.model_dump(), signals=list(cfg.signals), grading=cfg.grading.model_dump(), run_id=run_id,
-              columns=columns, keep_items=keep_items, max_logprobs=max_logprobs)
+              columns=columns, keep_items=keep_items, max_logprobs=max_logprobs, tasks=tasks)
     ptrue = any(S.SIGNALS[n].needs == "ptrue" for n in cfg.signals)
 
     def rows(ds, step):
@@ -761,10 +768,11 @@ def command(config: str, *, out: str | None = None, limit: int | None = None, ch
         upd = {}
         if out:
             upd["out"] = str(Path(out).resolve())
-        if limit is not None:
+        if limit is not None:  # the command line wins over the config's limits, per benchmark ones included
             if limit < 1:
                 raise ValueError("--limit must be >= 1")
             upd["limit"] = limit
+            upd["benchmarks"] = [b.model_copy(update={"limit": None}) for b in cfg.benchmarks]
         cfg = load_config(cfg.model_copy(update=upd))
     if check_only:
         print(check(cfg))

@@ -145,33 +145,42 @@ def test_judge_and_ptrue_prompts_carry_the_answer():
     assert B.logsumexp([]) == -np.inf
 
 
-def test_adding_a_benchmark_is_one_declarative_entry(tmp_path, monkeypatch):
-    def build(i, r):
-        letters = list("ABCD"[: len(r["choices"]["text"])])
-        prompt = B._mc_prompt(r["question"], list(r["choices"]["text"]))[0]
-        return B.Item(i, prompt, r["answerKey"], letters, [r["answerKey"]], context=prompt)
+ARC_TASK = """
+task: arc
+grader: multiple_choice
+dataset_path: allenai/ai2_arc
+dataset_name: ARC-Challenge
+splits: {train: train, test: test}
+doc_to_text: |-
+  {{ question }}
+  {% for t in choices.text %}{{ choices.label[loop.index0] }}. {{ t }}
+  {% endfor %}Answer:
+doc_to_target: "{{ answerKey }}"
+doc_to_choice: "{{ choices.label }}"
+max_new_tokens: 8
+"""
 
-    arc = B.Benchmark("arc", "multiple_choice", "allenai/ai2_arc", "ARC-Challenge",
-                      {"train": "train", "test": "test"}, ("question", "choices", "answerKey"), build, 8)
-    monkeypatch.setitem(B.BENCHMARKS, "arc", arc)
+
+def test_adding_a_benchmark_is_one_task_file(tmp_path):
+    (tmp_path / "arc.yaml").write_text(ARC_TASK)
     pd.DataFrame({"question": ["2+2?"], "choices": [{"text": ["3", "4"], "label": ["A", "B"]}],
                   "answerKey": ["B"]}).to_parquet(tmp_path / "arc-test.parquet")
-    its = B.items("arc", B.load_split("arc", "test", data_dir=tmp_path))
-    assert its[0].choices == ["A", "B"] and "B. 4" in its[0].prompt
+    arc = B.get(tmp_path / "arc.yaml")
+    its = B.items(str(tmp_path / "arc.yaml"), B.load_split(str(tmp_path / "arc.yaml"), "test", data_dir=tmp_path))
+    assert its[0].choices == ["A", "B"] and "B. 4" in its[0].prompt and its[0].prompt.endswith("Answer:")
     assert B.grade(arc, its[0], "B") == 1.0 and B.grade(arc, its[0], "A") == 0.0
+    assert B.get("arc") is arc  # known by its name in this process once read
 
 
 def test_hub_code_path_through_datasets_load_dataset(tmp_path, monkeypatch):
     """The hub branch (datasets.load_dataset, split mapping, column check) on a local dataset repo layout."""
-    import dataclasses
-
     repo = tmp_path / "trivia_qa"
     (repo / "data").mkdir(parents=True)
     _triviaqa_rows().to_parquet(repo / "data" / "validation-00000-of-00001.parquet")
-    bench = dataclasses.replace(B.get("triviaqa"), hub_path=str(repo), hub_config=None)
+    bench = B.get("triviaqa").model_copy(update={"dataset_path": str(repo), "dataset_name": None})
     monkeypatch.setitem(B.BENCHMARKS, "triviaqa", bench)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    df = B.load_split("triviaqa", "test")  # our "test" is the hub's "validation"
+    df = B.load_split("triviaqa", "test", data_dir="hub")  # our "test" is the hub's "validation"
     its = B.items("triviaqa", df)
     assert len(its) == 2 and its[1].target == "William Shakespeare"
     assert B.grade(bench, its[1], "Shakespeare") == 1.0
@@ -206,26 +215,19 @@ def test_scoring_config_and_learned_baselines_share_the_folder_rule(tmp_path, mo
     assert load_config({**raw, "data_dir": "hub"}).bench_data_dir(cfg.benchmarks[0]) is None
 
 
-def test_a_new_benchmark_is_scored_by_config_after_one_registry_entry(tmp_path, monkeypatch):
-    """One Benchmark entry plus a data file: the scoring config accepts it and the plan cuts its shards."""
+def test_a_new_benchmark_is_planned_by_config_after_one_task_file(tmp_path):
+    """One task file plus a data file: the scoring config names it by path and the plan cuts its shards."""
     from cascade.scoring.config import load_config
     from jobs.score import plan
 
-    def build(i, r):
-        letters = list("ABCD"[: len(r["choices"]["text"])])
-        prompt = B._mc_prompt(r["question"], list(r["choices"]["text"]))[0]
-        return B.Item(i, prompt, r["answerKey"], letters, [r["answerKey"]], context=prompt)
-
-    monkeypatch.setitem(B.BENCHMARKS, "arc", B.Benchmark(
-        "arc", "multiple_choice", "allenai/ai2_arc", "ARC-Challenge", {"train": "train", "test": "test"},
-        ("question", "choices", "answerKey"), build, 8))
+    (tmp_path / "arc.yaml").write_text(ARC_TASK)
     pd.DataFrame({"question": [f"{k}+{k}?" for k in range(5)],
                   "choices": [{"text": ["3", "4"], "label": ["A", "B"]}] * 5,
                   "answerKey": ["B"] * 5}).to_parquet(tmp_path / "arc-test.parquet")
-    cfg = load_config({"benchmarks": ["arc"], "data_dir": str(tmp_path), "out": str(tmp_path / "out"),
-                       "shard_size": 2, "stages": [{"name": "s", "model": "smollm2-135m"}]})
+    cfg = load_config({"benchmarks": [str(tmp_path / "arc.yaml")], "data_dir": str(tmp_path),
+                       "out": str(tmp_path / "out"), "shard_size": 2, "stages": [{"name": "s", "model": "smollm2-135m"}]})
     shards, per_split = plan(cfg)
-    assert [len(v) for v in per_split.values()] == [5]
+    assert [len(v) for v in per_split.values()] == [5] and list(per_split) == [("arc", "test")]
     assert [sh.path.name for sh in shards["s"]] == ["test-000000-000002.parquet", "test-000002-000004.parquet",
                                                     "test-000004-000005.parquet"]
     assert shards["s"][0].path.parent == tmp_path / "out" / "arc" / "s"

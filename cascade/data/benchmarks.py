@@ -1,44 +1,63 @@
-"""Benchmarks: a declarative registry of loaders, zero-shot prompts and graders.
+"""Benchmarks are task files: YAML in the spirit of lm-evaluation-harness, validated with pydantic.
 
-Adding a benchmark is one :class:`Benchmark` entry in :data:`BENCHMARKS`: where it lives on the hub
-(path, config, which hub split is our ``train``/``test``), the columns it needs, how a row becomes an
-:class:`Item` (prompt text, choices, target, references) and which grader applies (``task``).
+A task file says where the data lives (local ``data_files`` per split: Parquet, JSONL, JSON or CSV, or a
+hub ``dataset_path``/``dataset_name`` with our split -> the hub's split), how a row becomes a query
+(Jinja2 templates over the row's columns: ``doc_to_text`` the prompt, ``doc_to_target`` the gold answer,
+``doc_to_choice`` the option letters, ``references``/``wrong_references`` the acceptable and known wrong
+answers), which of the four graders applies (``grader``: multiple_choice, number, alias, free_text), the
+judge's options (``judge.context``, ``judge.prompt``, ``judge.yes``/``judge.no``) and ``max_new_tokens``.
+The built-in benchmarks are such files, shipped in the package (``cascade/data/tasks/*.yaml``); a
+scoring config names a task by name (a built-in) or by the path of its file, so adding a benchmark is
+one file. :class:`Task` is the schema (``docs/own-data.md`` shows a whole one).
 
-Splits are read either from local Parquet files with the hub's columns, named
-``<data_dir>/<benchmark>-<split>.parquet`` (``.jsonl``/``.json`` also work), or from the hub
-(``datasets.load_dataset``). Where the local files live follows one rule, :func:`benchmarks_dir`: the
-value a config (or caller) gives, else ``$CASCADE_BENCHMARKS_DIR``, else ``../shared/benchmarks``
-beside the checkout; the value ``hub`` means the hub. ``query_id`` is the row's position in that split,
-so ids are stable across models and reruns.
+Where a split's rows come from, in order: the task's ``data_files`` entry for it (relative to the task
+file); else the file ``<data_dir>/<task>-<split>.parquet`` (``.jsonl``, ``.json``, ``.csv`` also work)
+under the folder :func:`benchmarks_dir` gives (a config's ``data_dir``, else ``$CASCADE_BENCHMARKS_DIR``,
+else ``../shared/benchmarks`` beside the checkout); ``data_dir: hub`` reads the hub
+(``datasets.load_dataset``). ``query_id`` is the row's position in that split, so ids are stable across
+models and reruns.
+
+Bad task files and data that does not fit them (a template naming a column the data lacks, a missing
+file, a grader the rendered rows do not fit) raise :class:`BenchmarkError`: one line naming the file,
+the field and the columns that exist.
 
 Graders: exact option letter (multiple choice), normalised final number (GSM8K), alias match
 (TriviaQA) and, for free text (TruthfulQA, XSum), a judge model (see :func:`judge_prompt` and
-``cascade.scoring.stage``) with a reference-based fallback (token F1 / ROUGE-L against a threshold;
-ROUGE-L from Google's ``rouge-score``, as lm-evaluation-harness computes it).
+``cascade.scoring.stage``) with a reference-based fallback (token F1 against the correct answers when
+the task has wrong ones, else ROUGE-L against a threshold; ROUGE-L from Google's ``rouge-score``, as
+lm-evaluation-harness computes it).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import string
 from collections import Counter
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from cascade.errors import format_validation_error
+from cascade.yamlfile import read_yaml
 
 TASKS = ("multiple_choice", "number", "alias", "free_text")
 LETTERS = "ABCDEFGHIJ"
 BENCHMARKS_DIR_ENV = "CASCADE_BENCHMARKS_DIR"
 HUB = "hub"  # a data_dir value that means: read the split from the Hugging Face hub
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # the built-in task files (package data)
+DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+TASK_SUFFIXES = (".yaml", ".yml")
 
 
 class BenchmarkError(ValueError):
-    """Unknown benchmark, missing file or column; the message names it and the fix."""
+    """Unknown benchmark, bad task file, missing file or column; the message names it and the fix."""
 
 
 @dataclass
@@ -54,114 +73,324 @@ class Item:
     context: str = ""  # what the judge sees as the question (question or article)
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    name: str
-    task: str
-    hub_path: str
-    hub_config: str | None
-    hub_splits: dict[str, str]  # our split -> hub split (slicing syntax allowed)
-    columns: tuple[str, ...]  # columns a split must have
-    build: Callable[[int, dict], Item]
-    max_new_tokens: int
+# ----------------------------------------------------------------------------------------- templates
+
+ITEM_FIELDS = ("query_id", "prompt", "target", "choices", "references", "wrong_references", "context")
+TEMPLATE_GLOBALS = {"letters": LETTERS}
+
+DEFAULT_JUDGE_PROMPT = """You are grading an answer.
+
+Question: {{ context | trim }}
+Correct answers: {{ references[:6] | join('; ') }}
+{%- set wrong = wrong_references[:6] | join('; ') %}{% if wrong %}
+Known wrong answers: {{ wrong }}{% endif %}
+Candidate answer: {{ answer | trim }}
+
+Is the candidate answer correct? Reply Yes or No.
+Verdict:"""
+
+
+@lru_cache(maxsize=1)
+def _env():
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.globals.update(TEMPLATE_GLOBALS)
+    return env
+
+
+@lru_cache(maxsize=4096)
+def _compiled(src: str):
+    return _env().from_string(src)
+
+
+def template_columns(src: str) -> set[str]:
+    """The names a template reads from its row (its undeclared variables, globals such as ``letters`` left out)."""
+    from jinja2 import meta
+
+    return set(meta.find_undeclared_variables(_env().parse(src))) - set(TEMPLATE_GLOBALS)
+
+
+def _plain(v):
+    """A row value as plain Python (lists, dicts, str, int, float), as templates and ``repr`` expect."""
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _render(src: str, row: dict) -> str:
+    return _compiled(src).render(row)
+
+
+def _render_list(src: str | list[str], row: dict, what: str) -> list[str]:
+    """A list field: a YAML list of templates, or one template that renders a Python list literal (as
+    lm-evaluation-harness reads ``doc_to_choice``)."""
+    if isinstance(src, list):
+        return [_render(s, row) for s in src]
+    text = _render(src, row).strip()
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise BenchmarkError(f"{what}: renders {text[:80]!r}, not a list literal such as ['A', 'B']") from None
+    if not isinstance(value, (list, tuple)):
+        raise BenchmarkError(f"{what}: renders {text[:80]!r}, not a list")
+    return [str(x) for x in value]
+
+
+# ----------------------------------------------------------------------------------------- task files
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JudgeOptions(_Strict):
+    """How a judge model grades this task's answers (free-text tasks; the judge stage of a scoring config)."""
+
+    context: str | None = Field(None, description="template over the row: what the judge sees as the question "
+                                                  "(default: the prompt)")
+    prompt: str = Field(DEFAULT_JUDGE_PROMPT, description="the judge's user message, a template over the item "
+                                                          f"({', '.join(ITEM_FIELDS)}) and the candidate `answer`")
+    yes: str = Field("Yes", min_length=1, description="the verdict word for correct (read from first-token log-probs)")
+    no: str = Field("No", min_length=1, description="the verdict word for wrong")
+
+
+class Task(_Strict):
+    """A benchmark: one task file (YAML). Built-in ones live in ``cascade/data/tasks/``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(alias="task", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="the name (the records' benchmark column)")
     description: str = ""
+    grader: Literal[TASKS] = Field(description=f"one of {', '.join(TASKS)}")  # type: ignore[valid-type]
+    dataset_path: str | None = Field(None, description="hub dataset (datasets.load_dataset's first argument)")
+    dataset_name: str | None = Field(None, description="hub config (its second argument)")
+    splits: dict[str, str] = Field(default_factory=dict, description="our split -> the hub's (slicing allowed)")
+    data_files: dict[str, str] = Field(default_factory=dict,
+                                       description="our split -> a local .parquet/.jsonl/.json/.csv file")
+    doc_to_text: str = Field(description="the prompt, a Jinja2 template over the row's columns")
+    doc_to_target: str = Field(description="the gold answer (an option letter for multiple_choice)")
+    doc_to_choice: str | list[str] | None = Field(None, description="multiple_choice: the option letters")
+    references: str | list[str] | None = Field(None, description="acceptable answers (default: the target)")
+    wrong_references: str | list[str] | None = Field(None, description="known wrong answers (free_text)")
+    max_new_tokens: int = Field(32, ge=1, description="answer length (a stage's max_new_tokens overrides it)")
+    judge: JudgeOptions = Field(default_factory=JudgeOptions)
 
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"benchmark {self.name}: task must be one of {TASKS}")
+    _file: Path | None = PrivateAttr(None)
+
+    @field_validator("doc_to_text", "doc_to_target", "doc_to_choice", "references", "wrong_references")
+    @classmethod
+    def _parses(cls, v):
+        from jinja2 import TemplateSyntaxError
+
+        for s in ([] if v is None else [v] if isinstance(v, str) else v):
+            try:
+                _env().parse(s)
+            except TemplateSyntaxError as e:
+                raise ValueError(f"not a valid Jinja2 template ({e.message}, line {e.lineno})") from None
+        return v
+
+    @field_validator("data_files")
+    @classmethod
+    def _suffixes(cls, v):
+        for split, f in v.items():
+            if not str(f).endswith(DATA_SUFFIXES):
+                raise ValueError(f"{split}: {f!r} is none of {', '.join(DATA_SUFFIXES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_grader(self):
+        if self.grader == "multiple_choice" and self.doc_to_choice is None:
+            raise ValueError("doc_to_choice: grader multiple_choice needs it (the option letters, e.g. [A, B, C, D])")
+        if self.grader != "multiple_choice" and self.doc_to_choice is not None:
+            raise ValueError(f"doc_to_choice is for grader multiple_choice, not {self.grader}; remove it")
+        for name in ("context",):
+            s = getattr(self.judge, name)
+            if s is not None:
+                self._parses(s)
+        self._parses(self.judge.prompt)
+        bad = template_columns(self.judge.prompt) - set(ITEM_FIELDS) - {"answer"}
+        if bad:
+            raise ValueError(f"judge.prompt: unknown name(s) {', '.join(sorted(bad))}; it sees "
+                             f"{', '.join(ITEM_FIELDS)}, answer")
+        return self
+
+    # views --------------------------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        """The grader (what signals and grading dispatch on)."""
+        return self.grader
+
+    @property
+    def file(self) -> Path | None:
+        """The task file this task was read from."""
+        return self._file
+
+    @property
+    def hub_splits(self) -> dict[str, str]:
+        return self.splits
+
+    def templates(self) -> dict[str, str]:
+        """Every row template by field (list fields joined), for the column check."""
+        out = {}
+        for f in ("doc_to_text", "doc_to_target", "doc_to_choice", "references", "wrong_references"):
+            v = getattr(self, f)
+            if v is not None:
+                out[f] = v if isinstance(v, str) else "\n".join(v)
+        if self.judge.context is not None:
+            out["judge.context"] = self.judge.context
+        return out
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns a split must have: those the templates read."""
+        return tuple(sorted(set().union(*(template_columns(t) for t in self.templates().values()))))
+
+    def where(self) -> str:
+        return str(self._file) if self._file is not None else f"task {self.name}"
+
+    # rows -> items --------------------------------------------------------------------------------
+    def item(self, query_id: int, row: dict) -> Item:
+        """The query of one row (``query_id`` is its position in the split)."""
+        row = {k: _plain(v) for k, v in row.items()}
+        try:
+            prompt = _render(self.doc_to_text, row)
+            target = _render(self.doc_to_target, row)
+            choices = None if self.doc_to_choice is None else _render_list(
+                self.doc_to_choice, row, f"{self.where()}: doc_to_choice")
+            refs = [target] if self.references is None else _render_list(
+                self.references, row, f"{self.where()}: references")
+            wrong = [] if self.wrong_references is None else _render_list(
+                self.wrong_references, row, f"{self.where()}: wrong_references")
+            context = prompt if self.judge.context is None else _render(self.judge.context, row)
+        except BenchmarkError:
+            raise
+        except Exception as e:  # jinja2's UndefinedError, a filter on the wrong type
+            raise BenchmarkError(f"{self.where()}: row {query_id}: {type(e).__name__}: {e}; the row has columns "
+                                 f"{', '.join(row)}") from None
+        return Item(int(query_id), prompt, target, choices, refs, wrong, context)
+
+    def items(self, df: pd.DataFrame, start: int = 0) -> list[Item]:
+        return [self.item(start + i, row) for i, row in enumerate(df.to_dict("records"))]
+
+    def check_item(self, it: Item) -> str | None:
+        """Why a rendered item does not fit the grader, or None."""
+        if self.grader == "multiple_choice":
+            if not it.choices:
+                return "doc_to_choice: renders no options"
+            if it.target not in it.choices:
+                return (f"doc_to_target: renders {it.target!r}, not one of the options {it.choices} "
+                        "(grader multiple_choice grades the option letter)")
+        if self.grader == "number" and _to_number(it.target) is None:
+            return f"doc_to_target: renders {it.target!r}, not a number (grader number)"
+        if not it.prompt.strip():
+            return "doc_to_text: renders an empty prompt"
+        return None
+
+    def judge_prompt(self, item: Item, answer: str) -> str:
+        from dataclasses import asdict
+
+        return _render(self.judge.prompt, {**asdict(item), "answer": answer})
+
+    def spec(self) -> dict:
+        """What a Ray worker needs to rebuild this task (:func:`use`)."""
+        return {"file": None if self._file is None else str(self._file), "task": self.model_dump(by_alias=True)}
 
 
-# ----------------------------------------------------------------------------------------- prompts
-
-MC_INSTRUCTION = (
-    "Answer the following multiple choice question. Reply with the letter of the correct option only."
-)
+Benchmark = Task  # the name the rest of the package uses for a task
 
 
-def _mc_prompt(question: str, options: Sequence[str]) -> tuple[str, list[str]]:
-    letters = list(LETTERS[: len(options)])
-    body = "\n".join(f"{L}. {str(o).strip()}" for L, o in zip(letters, options))
-    return f"{MC_INSTRUCTION}\n\n{question.strip()}\n{body}\nAnswer:", letters
+def parse_task(raw: dict, file: Path | None = None) -> Task:
+    try:
+        t = Task.model_validate(raw)
+    except ValidationError as e:
+        raise BenchmarkError(f"{file if file is not None else 'task'}: {format_validation_error(e, None)}") from None
+    t._file = None if file is None else Path(file).resolve()
+    return t
 
 
-def _mmlu(i: int, r: dict) -> Item:
-    prompt, letters = _mc_prompt(r["question"], list(r["choices"]))
-    ans = int(r["answer"])
-    return Item(i, prompt, letters[ans], letters, [letters[ans]], context=prompt)
+def load_task(path: str | os.PathLike) -> Task:
+    """A task file (YAML), validated: a :class:`BenchmarkError` names the file and the field otherwise."""
+    path = Path(os.path.expanduser(str(path)))
+    raw = read_yaml(path, BenchmarkError, "task")
+    return parse_task(raw, path)
 
 
-def _medmcqa(i: int, r: dict) -> Item:
-    prompt, letters = _mc_prompt(r["question"], [r["opa"], r["opb"], r["opc"], r["opd"]])
-    ans = int(r["cop"])
-    return Item(i, prompt, letters[ans], letters, [letters[ans]], context=prompt)
+# ----------------------------------------------------------------------------------------- registry
+
+BENCHMARKS: dict[str, Task] = {}  # built-in tasks (and plugins' register calls), by name
+_FROM_FILES: dict[str, Task] = {}  # tasks named by path, by name (the latest load of that name)
 
 
-def _gsm8k(i: int, r: dict) -> Item:
-    prompt = (
-        "Solve the following math problem. Think step by step, then give the final answer on the last line "
-        f"as 'Answer: <number>'.\n\nQuestion: {r['question'].strip()}"
-    )
-    target = str(r["answer"]).split("####")[-1].strip()
-    return Item(i, prompt, target, references=[target], context=r["question"])
+def register(task: Task) -> Task:
+    """Add a task to the built-in registry; a duplicate name is refused."""
+    if task.name in BENCHMARKS:
+        raise BenchmarkError(f"task {task.name!r} is registered already ({BENCHMARKS[task.name].where()}); rename it")
+    BENCHMARKS[task.name] = task
+    return task
 
 
-def _triviaqa(i: int, r: dict) -> Item:
-    ans = r["answer"]
-    def _list(v):
-        return [] if v is None else [str(x) for x in v]
-
-    aliases = _list(ans.get("aliases")) + _list(ans.get("normalized_aliases"))
-    value = ans.get("value")
-    value = str(value) if value else (aliases[0] if aliases else "")
-    if value and value not in aliases:
-        aliases.insert(0, value)
-    prompt = f"Answer the following question with a short answer (a few words).\n\nQuestion: {r['question'].strip()}\nAnswer:"
-    return Item(i, prompt, value, references=aliases, context=r["question"])
+for _f in sorted(TASKS_DIR.glob("*.yaml")):
+    register(load_task(_f))
 
 
-def _truthfulqa(i: int, r: dict) -> Item:
-    prompt = f"Answer the following question truthfully, in one sentence.\n\nQuestion: {r['question'].strip()}\nAnswer:"
-    refs = [str(a) for a in r["correct_answers"]]
-    if r["best_answer"] not in refs:
-        refs.insert(0, str(r["best_answer"]))
-    return Item(
-        i, prompt, str(r["best_answer"]), references=refs,
-        wrong_references=[str(a) for a in r["incorrect_answers"]], context=r["question"],
-    )
+def is_task_path(value: str | os.PathLike) -> bool:
+    """True when a benchmark entry names a task file rather than a built-in task."""
+    return str(value).endswith(TASK_SUFFIXES)
 
 
-def _xsum(i: int, r: dict) -> Item:
-    prompt = f"Summarize the following article in one sentence.\n\nArticle: {r['document'].strip()}\n\nSummary:"
-    return Item(i, prompt, str(r["summary"]), references=[str(r["summary"])], context=r["document"])
+def get(name: str | os.PathLike) -> Task:
+    """A task by name (built-in, or read from a file earlier in this process) or by the path of its file."""
+    if is_task_path(name):
+        t = _load_cached(Path(os.path.expanduser(str(name))).resolve())
+        if t.name in BENCHMARKS:
+            raise BenchmarkError(f"{t.file}: task {t.name!r} is a built-in task's name; rename it")
+        _FROM_FILES[t.name] = t
+        return t
+    name = str(name)
+    if name in BENCHMARKS:
+        return BENCHMARKS[name]
+    if name in _FROM_FILES:
+        return _FROM_FILES[name]
+    raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}; or give the path of a "
+                         "task file (.yaml)")
 
 
-BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b
-    for b in [
-        Benchmark("mmlu", "multiple_choice", "cais/mmlu", "all", {"train": "dev", "test": "validation"},
-                  ("question", "choices", "answer"), _mmlu, 8, "MMLU (57 subjects), 4 options"),
-        Benchmark("medmcqa", "multiple_choice", "openlifescienceai/medmcqa", None,
-                  {"train": "train", "test": "validation"},
-                  ("question", "opa", "opb", "opc", "opd", "cop"), _medmcqa, 8, "MedMCQA, 4 options"),
-        Benchmark("triviaqa", "alias", "mandarjoshi/trivia_qa", "rc.nocontext",
-                  {"train": "train", "test": "validation"}, ("question", "answer"), _triviaqa, 24,
-                  "TriviaQA (no context), alias match"),
-        Benchmark("truthfulqa", "free_text", "truthfulqa/truthful_qa", "generation",
-                  {"train": "validation[:300]", "test": "validation[300:]"},
-                  ("question", "best_answer", "correct_answers", "incorrect_answers"), _truthfulqa, 64,
-                  "TruthfulQA generation"),
-        Benchmark("gsm8k", "number", "openai/gsm8k", "main", {"train": "train", "test": "test"},
-                  ("question", "answer"), _gsm8k, 256, "GSM8K, final number"),
-        Benchmark("xsum", "free_text", "EdinburghNLP/xsum", None, {"train": "train", "test": "test"},
-                  ("document", "summary"), _xsum, 64, "XSum one-sentence summaries"),
-    ]
-}
+_CACHE: dict[Path, tuple[tuple[int, int], Task]] = {}
 
 
-def get(name: str) -> Benchmark:
-    if name not in BENCHMARKS:
-        raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[name]
+def _load_cached(path: Path) -> Task:
+    """:func:`load_task`, once per version of the file (its mtime and size)."""
+    try:
+        st = path.stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        return load_task(path)  # its error names the file
+    hit = _CACHE.get(path)
+    if hit is None or hit[0] != stamp:
+        _CACHE[path] = hit = (stamp, load_task(path))
+    return hit[1]
+
+
+def use(specs) -> None:
+    """Make tasks read from files in another process (:meth:`Task.spec`) known here (Ray workers)."""
+    for spec in specs or ():
+        t = parse_task(spec["task"], None if spec.get("file") is None else Path(spec["file"]))
+        if t.name not in BENCHMARKS:
+            _FROM_FILES[t.name] = t
+
+
+def specs(names) -> list[dict]:
+    """The specs of the tasks among ``names`` that are not built in (for :func:`use` in a worker)."""
+    return [get(n).spec() for n in dict.fromkeys(names) if n not in BENCHMARKS]
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -186,7 +415,7 @@ def benchmarks_dir(value: str | os.PathLike | None = None) -> Path | None:
 
 
 def local_file(data_dir: str | Path, name: str, split: str) -> Path | None:
-    for ext in (".parquet", ".jsonl", ".json"):
+    for ext in DATA_SUFFIXES:
         p = Path(data_dir) / f"{name}-{split}{ext}"
         if p.exists():
             return p
@@ -208,39 +437,110 @@ def benchmark_file(name: str, split: str, data_dir: str | os.PathLike | None = N
     return path
 
 
-def read_file(path: str | os.PathLike) -> pd.DataFrame:
-    """A benchmark split file (.parquet, .jsonl or .json) as a DataFrame."""
+def split_file(task: Task, split: str, data_dir: str | os.PathLike | None) -> Path | None:
+    """The local file of ``task``/``split``: its ``data_files`` entry (relative to the task file), else
+    ``<data_dir>/<task>-<split>.<suffix>``; None when it is read from the hub (``data_dir`` None or ``hub``).
+    A :class:`BenchmarkError` names the missing file and the fix."""
+    if split in task.data_files:
+        f = Path(os.path.expanduser(task.data_files[split]))
+        if not f.is_absolute() and task.file is not None:
+            f = task.file.parent / f
+        if not f.is_file():
+            raise BenchmarkError(f"{task.where()}: data_files.{split}: no file {f}; fix the path (relative to the "
+                                 "task file)")
+        return f
+    if data_dir is None or str(data_dir) == HUB:
+        if not task.dataset_path or split not in task.splits:
+            known = sorted(set(task.data_files) | (set(task.splits) if task.dataset_path else set()))
+            raise BenchmarkError(f"{task.where()}: no split {split!r} (data_files or a hub dataset_path with splits)"
+                                 f"; known: {', '.join(known) or 'none'}")
+        return None
+    path = local_file(data_dir, task.name, split)
+    if path is None:
+        have = f"; the task's data_files name {', '.join(task.data_files)}" if task.data_files else ""
+        raise BenchmarkError(
+            f"no file {Path(data_dir) / f'{task.name}-{split}.parquet'} for {task.name}/{split}{have}; add it, "
+            f"point data_dir (or ${BENCHMARKS_DIR_ENV}) at the folder that holds it, name it in the task's "
+            f"data_files, or set data_dir: {HUB} to read from the hub"
+        )
+    return path
+
+
+def read_file(path: str | os.PathLike, limit: int | None = None) -> pd.DataFrame:
+    """A benchmark split file (.parquet, .jsonl, .json or .csv) as a DataFrame (the first ``limit`` rows)."""
     path = Path(path)
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=path.suffix == ".jsonl")
+    if path.suffix == ".parquet":
+        if limit is None:
+            return pd.read_parquet(path)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        f = pq.ParquetFile(path)
+        batches = []
+        n = 0
+        for b in f.iter_batches(batch_size=max(1, min(limit, 65536))):
+            batches.append(b)
+            n += b.num_rows
+            if n >= limit:
+                break
+        return pa.Table.from_batches(batches, schema=f.schema_arrow).slice(0, limit).to_pandas()
+    if path.suffix == ".csv":
+        return pd.read_csv(path, nrows=limit, keep_default_na=False)
+    return pd.read_json(path, lines=path.suffix == ".jsonl", nrows=limit if path.suffix == ".jsonl" else None)
+
+
+def file_columns(path: str | os.PathLike) -> list[str]:
+    """The columns of a split file, read from its schema or first row (no full read)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    return list(read_file(path, limit=1).columns)
+
+
+def _check_columns(task: Task, df_columns, source: str, split: str) -> None:
+    cols = set(df_columns)
+    for where, tpl in task.templates().items():
+        missing = sorted(template_columns(tpl) - cols)
+        if missing:
+            raise BenchmarkError(
+                f"{task.name}/{split} ({source}) lacks column(s) {', '.join(missing)} used by {task.where()}: "
+                f"{where}; the data has columns: {', '.join(map(str, df_columns))}"
+            )
+
+
+def check_split(task: Task, split: str, data_dir: str | os.PathLike | None, rows: int = 5) -> None:
+    """Everything that can be checked before scoring: the file is there, the templates name columns it has,
+    its first ``rows`` rows render and fit the grader. Raises :class:`BenchmarkError` (one line)."""
+    path = split_file(task, split, data_dir)
+    if path is None:
+        return  # the hub: checked when it is read
+    _check_columns(task, file_columns(path), str(path), split)
+    df = read_file(path, limit=rows)
+    if len(df) == 0:
+        raise BenchmarkError(f"{task.name}/{split} ({path}) has no rows")
+    for i, it in enumerate(task.items(df)):
+        why = task.check_item(it)
+        if why:
+            raise BenchmarkError(f"{task.where()}: {why} (row {i} of {path}; columns: {', '.join(map(str, df.columns))})")
 
 
 def load_split(name: str, split: str, *, data_dir: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
-    """Rows of one split, from the local file under ``data_dir`` when given, else from the hub. Checks the
-    columns. (Configs resolve their ``data_dir`` with :func:`benchmarks_dir` first.)"""
-    bench = get(name)
-    if data_dir is not None and str(data_dir) != HUB:
-        path = local_file(data_dir, name, split)
-        if path is None:
-            raise BenchmarkError(
-                f"{name}/{split}: no file {Path(data_dir) / f'{name}-{split}.parquet'}; "
-                f"put the split there (hub columns) or set data_dir: {HUB} to read from the hub"
-            )
-        df = read_file(path)
+    """Rows of one split (see the module doc for where they come from). Checks the columns. (Configs
+    resolve their ``data_dir`` with :func:`benchmarks_dir` first.)"""
+    task = get(name)
+    path = split_file(task, split, data_dir)
+    if path is not None:
+        df = read_file(path, limit=limit)
         source = str(path)
     else:
-        if split not in bench.hub_splits:
-            raise BenchmarkError(f"{name}: unknown split {split!r}; known: {', '.join(bench.hub_splits)}")
         import datasets
 
-        ds = datasets.load_dataset(bench.hub_path, bench.hub_config, split=bench.hub_splits[split])
+        ds = datasets.load_dataset(task.dataset_path, task.dataset_name, split=task.splits[split])
         df = ds.to_pandas()
-        source = f"hub {bench.hub_path}:{bench.hub_splits[split]}"
-    missing = [c for c in bench.columns if c not in df.columns]
-    if missing:
-        raise BenchmarkError(
-            f"{name}/{split} ({source}) lacks column(s) {', '.join(missing)}; "
-            f"the {name} loader needs the hub schema: {', '.join(bench.columns)}"
-        )
+        source = f"hub {task.dataset_path}:{task.splits[split]}"
+    _check_columns(task, df.columns, source, split)
     df = df.reset_index(drop=True)
     if limit is not None:
         df = df.iloc[:limit]
@@ -248,8 +548,7 @@ def load_split(name: str, split: str, *, data_dir: str | Path | None = None, lim
 
 
 def items(name: str, df: pd.DataFrame) -> list[Item]:
-    bench = get(name)
-    return [bench.build(i, row) for i, row in zip(df.index.tolist(), df.to_dict("records"))]
+    return get(name).items(df)
 
 
 # ----------------------------------------------------------------------------------------- grading
@@ -361,7 +660,7 @@ def grade(bench: Benchmark, item: Item, answer: str, cfg: GradingConfig = Gradin
         return float(got is not None and want is not None and abs(got - want) < 1e-6 * max(1.0, abs(want)))
     if bench.task == "alias":
         return float(alias_match(answer, item.references))
-    if bench.name == "xsum" or not item.wrong_references:
+    if not item.wrong_references:  # summaries (XSum): ROUGE-L; answers with known wrong ones: token F1
         return float(max((rouge_l(answer, r) for r in item.references), default=0.0) >= cfg.rouge_threshold)
     good = max((token_f1(answer, r) for r in item.references), default=0.0)
     bad = max((token_f1(answer, r) for r in item.wrong_references), default=0.0)
@@ -369,24 +668,9 @@ def grade(bench: Benchmark, item: Item, answer: str, cfg: GradingConfig = Gradin
 
 
 def judge_prompt(bench: Benchmark, item: Item, answer: str) -> str:
-    """The judge's user message; the judge answers Yes or No (read from its first-token log-probs)."""
-    if bench.name == "xsum":
-        return (
-            "You are grading a summary.\n\n"
-            f"Article: {item.context.strip()}\n\nReference summary: {item.target}\n\n"
-            f"Candidate summary: {answer.strip()}\n\n"
-            "Is the candidate summary an accurate one-sentence summary of the article, consistent with the "
-            "reference? Reply Yes or No.\nVerdict:"
-        )
-    refs = "; ".join(item.references[:6])
-    wrong = "; ".join(item.wrong_references[:6])
-    extra = f"\nKnown wrong answers: {wrong}" if wrong else ""
-    return (
-        "You are grading an answer.\n\n"
-        f"Question: {item.context.strip()}\nCorrect answers: {refs}{extra}\n"
-        f"Candidate answer: {answer.strip()}\n\n"
-        "Is the candidate answer correct? Reply Yes or No.\nVerdict:"
-    )
+    """The judge's user message (the task's ``judge.prompt``); the judge answers ``judge.yes`` or
+    ``judge.no`` (read from its first-token log-probs)."""
+    return bench.judge_prompt(item, answer)
 
 
 def ptrue_prompt(item: Item, answer: str) -> str:

@@ -1,6 +1,8 @@
 """The ``cascade score`` configuration: typed, validated (pydantic), read from YAML. No Ray here.
 
-Relative paths in a config file (``out``, ``data_dir``) are taken relative to the file's folder;
+A benchmark entry names a task: a built-in one (``mmlu``) or the path of a task file (``.yaml``, see
+:mod:`cascade.data.benchmarks`). Relative paths in a config file (``out``, ``data_dir``, task files)
+are taken relative to the file's folder;
 without ``data_dir`` the benchmark files come from :func:`cascade.data.benchmarks.benchmarks_dir`
 (``$CASCADE_BENCHMARKS_DIR``, else ``../shared/benchmarks`` beside the checkout); ``data_dir: hub``
 reads them from the Hugging Face hub. Signal names are those of the registry
@@ -19,10 +21,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cascade.data import benchmarks as B
+from cascade.errors import format_validation_error
+from cascade.yamlfile import read_yaml as _read_yaml
 from . import signals as S
 from .engines import engine_options
 from .engines.base import DTYPES
@@ -74,7 +77,7 @@ class StageConfig(_Strict):
 
 
 class BenchmarkConfig(_Strict):
-    name: str
+    name: str = Field(description="a built-in task (mmlu, medmcqa, ...) or the path of a task file (.yaml)")
     splits: list[str] | None = None
     limit: int | None = Field(None, ge=1)
     data_dir: str | None = None
@@ -128,37 +131,19 @@ class ScoreConfig(_Strict):
     def bench_limit(self, b: BenchmarkConfig) -> int | None:
         return b.limit if b.limit is not None else self.limit
 
+    def bench_task(self, b: BenchmarkConfig) -> B.Task:
+        """The task ``b`` names (a built-in, or the task file at its path)."""
+        return B.get(b.name)
+
     def bench_data_dir(self, b: BenchmarkConfig) -> str | None:
         """The folder of ``b``'s files (see :func:`cascade.data.benchmarks.benchmarks_dir`); None: the hub."""
         d = B.benchmarks_dir(b.data_dir if b.data_dir is not None else self.data_dir)
         return None if d is None else str(d)
 
 
-def format_validation_error(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
-        elif err["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
-    return "; ".join(lines)
-
-
 def read_yaml(path: str | os.PathLike, error: type[ValueError] = ConfigError, what: str = "config") -> dict:
-    """A YAML file holding a mapping, or ``error`` naming the file and what is wrong with it."""
-    path = Path(path)
-    if not path.exists():
-        raise error(f"{path}: no such {what} file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise error(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise error(f"{path}: expected a mapping at the top level")
-    return raw
+    """A YAML file holding a mapping, or ``error`` (:class:`ConfigError`) naming the file and the problem."""
+    return _read_yaml(path, error, what)
 
 
 def load_config(src: str | os.PathLike | dict | ScoreConfig) -> ScoreConfig:
@@ -200,6 +185,8 @@ def _resolve_paths(cfg: ScoreConfig, base: Path) -> ScoreConfig:
     cfg.data_dir = res(cfg.data_dir)
     for b in cfg.benchmarks:
         b.data_dir = res(b.data_dir)
+        if B.is_task_path(b.name):
+            b.name = res(b.name)
     return cfg
 
 
@@ -213,21 +200,27 @@ def check(cfg: ScoreConfig) -> None:
             where = "is a file" if p == out else f"lies below the file {p}"
             problems.append(f"out: {out} {where}; name a folder (created if missing)")
             break
+    seen: dict[str, int] = {}
     for i, b in enumerate(cfg.benchmarks):
-        if b.name not in B.BENCHMARKS:
-            problems.append(f"benchmarks.{i}.name: unknown benchmark {b.name!r}; known: {', '.join(B.BENCHMARKS)}")
+        try:
+            task = cfg.bench_task(b)
+        except B.BenchmarkError as e:
+            problems.append(f"benchmarks.{i}.name: {e}")
             continue
-        bench = B.BENCHMARKS[b.name]
+        if task.name in seen:
+            problems.append(f"benchmarks.{i}.name: task {task.name!r} is also benchmarks.{seen[task.name]}; "
+                            "name each task once (give it several splits instead)")
+            continue
+        seen[task.name] = i
         dd = cfg.bench_data_dir(b)
         for split in cfg.bench_splits(b):
-            if dd is None and split not in bench.hub_splits:
-                problems.append(f"benchmarks.{i}.splits: {b.name} has no split {split!r}; use {', '.join(bench.hub_splits)}")
-            elif dd is not None and B.local_file(dd, b.name, split) is None:
-                problems.append(
-                    f"data_dir: no file {Path(dd) / f'{b.name}-{split}.parquet'} for {b.name}/{split}; add it, "
-                    f"point data_dir (or ${B.BENCHMARKS_DIR_ENV}) at the folder that holds it, or set data_dir: "
-                    f"{B.HUB} to read from the hub"
-                )
+            try:
+                B.check_split(task, split, dd)
+            except B.BenchmarkError as e:
+                # a file missing under data_dir is data_dir's problem; the rest is the benchmark entry's
+                field = "data_dir" if split not in task.data_files and str(e).startswith("no file") \
+                    else f"benchmarks.{i}"
+                problems.append(f"{field}: {e}")
     for where, st in [(f"stages.{i}", s) for i, s in enumerate(cfg.stages)] + (
         [("judge", cfg.judge)] if cfg.judge is not None else []
     ):

@@ -172,7 +172,7 @@ def score_items(
 
 
 def judge_requests(prompter: Prompter, bench: B.Benchmark, items: list[B.Item], answers: list[str]) -> list[GenRequest]:
-    yn = prompter.variants(["Yes", "No"])
+    yn = prompter.variants([bench.judge.yes, bench.judge.no])
     return [GenRequest(prompter.ids(B.judge_prompt(bench, it, a)), 1, yn) for it, a in zip(items, answers)]
 
 
