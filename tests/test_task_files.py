@@ -260,3 +260,9 @@ def test_own_jsonl_scored_end_to_end_with_a_tiny_model(tmp_path):
     assert df["conf_choice_logprob"].notna().all() and (df["conf_choice_logprob"] <= 0).all()
     again = run()
     assert again["scored_records"] == 0 and again["skipped_shards"] == 3
+
+
+def test_the_own_data_example_checks(capsys):
+    """examples/own-data (docs/own-data.md): a task file with its JSONL splits, named by path in the config."""
+    assert score_main([str(ROOT / "examples" / "own-data" / "score-capitals.yaml"), "--check"]) == 0
+    assert "config ok: 40 queries x 2 stage(s), 8 shards" in capsys.readouterr().out
