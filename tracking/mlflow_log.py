@@ -198,14 +198,16 @@ def log_tune(result, summary: dict | None = None, *, cascade: list[str] | None =
              params: dict | None = None, records_path: str | os.PathLike | None = None,
              records_df: pd.DataFrame | None = None, cell_key: str | None = None, parent_run_id: str | None = None,
              tags: dict | None = None, run_name: str | None = None, extra_params: dict | None = None,
-             extra_metrics: dict | None = None, output_fingerprint: str | None = None) -> str:
+             extra_metrics: dict | None = None, output_fingerprint: str | None = None,
+             budgets: list[float] | None = None) -> str:
     """One tuning run (a cascade x method x sample size x seed): params, metrics, curve, plot, lineage.
 
     ``result`` is a :class:`cascade.evaluate.tuning.TuneResult`, or a curve DataFrame with its ``summary`` dict
     as the second argument (what ``cascade tune --out`` writes). ``cascade`` and ``method`` default to the
     summary's. ``output_fingerprint``: the fingerprint of the output folder the run was written to (tag
-    ``cascade.output_fingerprint``; ``cascade log`` skips folders already logged). Call :func:`configure` (or
-    :func:`parent_run`) first. Returns the run id.
+    ``cascade.output_fingerprint``; ``cascade log`` skips folders already logged). ``budgets``: the absolute
+    budgets (USD per million queries, :mod:`cascade.evaluate.budgets`) the test curve is read at; default: the
+    benchmark's set from ``records_df``. Call :func:`configure` (or :func:`parent_run`) first. Returns the run id.
     """
     if summary is None:
         if not hasattr(result, "curve"):
@@ -219,12 +221,49 @@ def log_tune(result, summary: dict | None = None, *, cascade: list[str] | None =
         return _log_tune(curve, summary, cascade=cascade, method=method, params=params, records_path=records_path,
                          records_df=records_df, cell_key=cell_key, parent_run_id=parent_run_id, tags=tags,
                          run_name=run_name, extra_params=extra_params, extra_metrics=extra_metrics,
-                         output_fingerprint=output_fingerprint)
+                         output_fingerprint=output_fingerprint, budgets=budgets)
+
+
+def run_budgets(summary: dict, records_df: pd.DataFrame | None, benchmark: str) -> list[float]:
+    """The absolute budgets of a run on ``benchmark`` (:func:`cascade.evaluate.budgets.benchmark_budgets` of the
+    records; the summary's ``budgets_usd`` when it carries them; none without records)."""
+    from cascade.evaluate import budgets as B
+
+    if summary.get("budgets_usd"):
+        return [float(b) for b in summary["budgets_usd"]]
+    if records_df is None or records_df.empty:
+        return []
+    return B.benchmark_budgets(records_df, benchmark if benchmark != "unknown" else None,
+                               summary.get("test_split") or "test")
+
+
+def log_budget_curve(run_id: str, curve: pd.DataFrame, budgets: list[float], prefix: str = "") -> None:
+    """On a run: ``<prefix>test_error_at_usd<B>`` per affordable budget, the same values as the metric history
+    ``<prefix>test_error_curve`` (step = the budget's index in ``budgets``), ``budget_usd`` (step -> budget) and
+    the tag ``cascade.budgets_usd``; one batch."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from cascade.evaluate import budgets as B
+
+    if not budgets:
+        return
+    ts = int(time.time() * 1000)
+    values = B.curve_at_budgets(curve, budgets)
+    metrics = [Metric(B.metric_name(b, prefix + "test_error"), v, ts, 0) for b, v in zip(budgets, values)
+               if M.finite(v)]
+    metrics += [Metric(prefix + "test_error_curve", v, ts, i) for i, v in enumerate(values) if M.finite(v)]
+    metrics += [Metric("budget_usd", float(b), ts, i) for i, b in enumerate(budgets)]
+    client = mlflow.MlflowClient()
+    client.log_batch(run_id, metrics=metrics)
+    client.set_tag(run_id, "cascade.budgets_usd", ",".join(f"{b:g}" for b in budgets))
 
 
 def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method: str, params: dict | None,
               records_path, records_df, cell_key, parent_run_id, tags, run_name, extra_params, extra_metrics,
-              output_fingerprint) -> str:
+              output_fingerprint, budgets) -> str:
     import mlflow
 
     from cascade.evaluate.plots import error_cost_figure
@@ -266,6 +305,8 @@ def _log_tune(curve: pd.DataFrame, summary: dict, *, cascade: list[str], method:
             **(extra_params or {}),
         }))
         _log_metrics({**M.tune_metrics(curve, summary), **(extra_metrics or {})})
+        log_budget_curve(run.info.run_id, curve, budgets if budgets is not None
+                         else run_budgets(summary, records_df, benchmark))
         if optuna_export and optuna_export.get("studies"):  # in-memory studies: rebuilt beside the store
             from . import optuna_studies
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from cascade.evaluate import select
 
-from .mlflow_log import _flat_params, _tags, log_summary, log_tune_dir, parent_run
+from .mlflow_log import _flat_params, _tags, log_budget_curve, log_summary, log_tune_dir, parent_run
 from .store import configure, guard, write_lock
 
 
@@ -79,10 +79,39 @@ def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | Non
                     mlflow.log_artifact(str(out_dir / f))
         log_summary(tables={"frontier_table.json": select.frontier_log_table(frontier)},
                     metrics=select.selection_metrics(summary))
+        log_answer(parent.info.run_id, frontier, summary)
         for d in sorted(p for p in (out_dir / "cascades").iterdir() if children and (p / "summary.json").exists()):
             log_tune_dir(d, records_path=records_path, records_df=records_df, parent_run_id=parent.info.run_id,
                          tags={"cascade.select_parent": parent.info.run_id})
         return parent.info.run_id
 
 
-__all__ = ["log_selection"]
+def log_answer(run_id: str, frontier: pd.DataFrame, summary: dict) -> None:
+    """A selection's numbers at the benchmark's absolute budgets: the frontier's test curve read at each budget
+    (``test_error_at_usd<B>``, history ``test_error_curve``: the rule of every tuning run), and the answer it
+    runs there, chosen on train (``answer_test_error_at_usd<B>``, ``answer_test_cost_at_usd<B>``, histories
+    ``answer_test_error_curve``, ``answer_test_cost_curve``)."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from cascade.evaluate import budgets as B
+
+    budgets = [float(b) for b in summary.get("budgets_usd") or []]
+    if not budgets:
+        return
+    with guard("logging the selection's numbers at the absolute budgets"), write_lock():
+        log_budget_curve(run_id, frontier, budgets)
+        ts = int(time.time() * 1000)
+        metrics = []
+        for row in summary.get("answer_at_budgets") or []:
+            b, i = float(row["budget"]), int(row["budget_index"])
+            for what in ("test_error", "test_cost"):
+                metrics.append(Metric(B.metric_name(b, "answer_" + what), float(row[what]), ts, 0))
+                metrics.append(Metric(f"answer_{what}_curve", float(row[what]), ts, i))
+        if metrics:
+            mlflow.MlflowClient().log_batch(run_id, metrics=metrics)
+
+
+__all__ = ["log_answer", "log_selection"]

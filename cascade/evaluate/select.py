@@ -411,6 +411,11 @@ def run_selection(records: pd.DataFrame, *, models: list[str], method: str = "ma
                         "seconds": time.perf_counter() - t0})
     for s in sel.subcascades:
         s.summary.update(extra)
+    from cascade.evaluate import budgets as B  # the benchmark's absolute budgets and the answer at each
+
+    sel.summary["budgets_usd"] = B.benchmark_budgets(records, benchmark, test_split)
+    sel.summary["answer_at_budgets"] = B.answer_at_budgets(sel.frontier, sel.summary["budgets_usd"],
+                                                           select_on).to_dict("records")
     return sel
 
 
