@@ -16,7 +16,8 @@ streams the output batches, gathers each shard's rows by query id (a retried bat
 twice) and writes a shard as soon as it is complete, atomically with its manifest under the store's
 lock (:func:`cascade.data.records.write_part`). A killed run leaves no partial shard; a rerun skips the
 shards that verify (manifest hash and row count, the planned columns) and rescores the others: a
-damaged shard is named on stderr and moved to ``<out>/.corrupt/<run_id>/`` first.
+damaged shard is named on stderr and moved to ``<out>/.corrupt/<run_id>/`` first (each file's name
+ending in ``.corrupt``, so neither Arrow nor a ``**/*.parquet`` glob reads it).
 
 Python API: :func:`run` (config path, dict or :class:`~cascade.scoring.config.ScoreConfig`) -> stats
 dict; :func:`check` (``--check``: validate, plan, stop); :func:`save_stats` (``score_stats.json``, secrets
@@ -44,7 +45,8 @@ from cascade.scoring import signals as S
 from cascade.scoring.config import ConfigError, ScoreConfig, StageConfig, load_config, needs_gpus, redact_secrets
 
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<start>\d{6,})-(?P<end>\d{6,})\.parquet$")
-CORRUPT_DIR = ".corrupt"  # hidden: no reader of the store looks inside
+CORRUPT_DIR = ".corrupt"  # hidden (Arrow skips it) and its files end in CORRUPT_SUFFIX (globs skip them)
+CORRUPT_SUFFIX = ".corrupt"
 META = ("_actor", "_pid", "_ready_at", "_load_s", "_restarted", "_threads")
 
 
@@ -280,17 +282,18 @@ def shard_problem(sh: Shard, expected: set[str]) -> str | None:
 
 
 def set_aside(sh: Shard, expected: set[str], out: Path, run_id: str) -> Path | None:
-    """Move a damaged shard (and its manifest) to ``<out>/.corrupt/<run_id>/...``, holding the store lock.
-    The shard is checked again under the lock: if another process has just rewritten it whole, it stays
-    and None is returned."""
+    """Move a damaged shard (and its manifest) to ``<out>/.corrupt/<run_id>/.../<name>.corrupt``, holding the
+    store lock; returns the shard's new path. The shard is checked again under the lock: if another process
+    has just rewritten it whole, it stays and None is returned."""
     dest = out / CORRUPT_DIR / run_id / sh.path.relative_to(out)
+    dest = dest.with_name(dest.name + CORRUPT_SUFFIX)
     with records.store_lock(out):
         if not sh.path.exists() or shard_problem(sh, expected) is None:
             return None
         dest.parent.mkdir(parents=True, exist_ok=True)
-        for src in (sh.path, records.manifest_path(sh.path)):
+        for src in (sh.path, *records.manifest_files(sh.path)):
             if src.exists():
-                os.replace(src, dest.parent / src.name)
+                os.replace(src, dest.parent / (src.name + CORRUPT_SUFFIX))
     return dest
 
 

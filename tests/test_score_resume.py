@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from parquet_readers import assert_every_reader_sees
 
 from cascade.data import records
 
@@ -101,9 +103,14 @@ def test_plan_names_sets_aside_and_requeues_damaged_or_short_shards(tmp_path, ca
     assert stats["smol"].skipped_shards == 1 and stats["smol"].rescored_shards == 2
     out = Path(cfg.out)
     assert not lst[0].path.exists() and not records.manifest_path(lst[0].path).exists()
-    aside = out / ".corrupt" / "run1" / lst[0].path.relative_to(out)
-    assert aside.exists() and records.manifest_path(aside).exists()
+    aside = out / ".corrupt" / "run1" / lst[0].path.relative_to(out).parent
+    assert sorted(p.name for p in aside.iterdir()) == sorted(  # both shards and manifests, as *.corrupt
+        n + ".corrupt" for sh in (lst[0], lst[2]) for n in (sh.path.name, records.manifest_path(sh.path).name))
     assert records.parquet_files(out) == [lst[1].path]  # readers see only the intact shard
+    assert_every_reader_sees(out, _records(lst[1]))
+    for sh in todo["smol"]:  # what the rerun then writes: every reader counts each record once
+        records.write_part(records.to_arrow(_records(sh)), sh.path, store=cfg.out)
+    assert_every_reader_sees(out, pd.concat([_records(sh) for sh in lst[:4]]))
 
 
 @pytest.mark.slow
@@ -140,10 +147,11 @@ def test_sigkill_then_damaged_shard_is_named_set_aside_and_rescored(tmp_path):
     assert len(after) == 8
     assert all(after[f] == h for f, h in before.items() if f != victim)  # intact shards untouched
     assert records.verify_part(victim) is None  # rewritten whole, with a matching manifest
-    aside = list((out / ".corrupt").rglob(victim.name))
+    aside = list((out / ".corrupt").rglob(victim.name + ".corrupt"))
     assert len(aside) == 1 and hashlib.sha256(aside[0].read_bytes()).hexdigest() != after[victim]
     df = records.load(out)  # the hidden .corrupt folder is not part of the store
     assert sorted(df["query_id"]) == list(range(40))  # every record exactly once
+    assert_every_reader_sees(out, df)  # and any other reader, globs included, counts them once too
     assert not list(out.rglob(".tmp-*"))
 
     again = subprocess.run([PY, "-m", "jobs.score", str(cfg), "--no-progress", "--json"], cwd=ROOT,

@@ -30,7 +30,7 @@ def _frame(models=("small", "large"), bench="bench", n=6) -> pd.DataFrame:
 @pytest.mark.parametrize("name, folder", [
     ("llama3.2-1b", "llama3.2-1b"), ("org_m", "org_m"), ("a=b", "a=b"),  # old-safe names keep their folder
     ("org/m", "org%2Fm"), ("a\\b", "a%5Cb"), (".hidden", "%2Ehidden"), ("../x", "%2E.%2Fx"), ("...", "%2E.."),
-    ("100%", "100%25"), ("a b", "a%20b"), ("modèle", "mod%C3%A8le"), ("x.", "x."),
+    ("100%", "100%25"), ("a b", "a%20b"), ("modèle", "mod%C3%A8le"), ("x.", "x."), ("_m", "%5Fm"), ("a_", "a_"),
 ])
 def test_folder_name_encodes(name, folder):
     assert folder_name(name, "model") == folder
@@ -48,7 +48,7 @@ def test_folder_name_is_reversible_injective_and_stays_in_its_parent():
             continue
         f = folder_name(n, "model")
         assert name_from_folder(f) == n
-        assert "/" not in f and "\\" not in f and not f.startswith(".") and f not in (".", "..") and f
+        assert "/" not in f and "\\" not in f and not f.startswith((".", "_")) and f not in (".", "..") and f
         assert all(32 < ord(c) < 127 for c in f), f  # visible ASCII only: no zero-width or bidi tricks
         assert folders.setdefault(f, n) == n  # two names never share a folder
         assert Path("store", f).resolve().parent == Path("store").resolve()
@@ -149,7 +149,7 @@ def test_overwrite_that_fails_midway_puts_the_old_shards_back(tmp_path, monkeypa
 
     def flaky(src, dst):
         calls["n"] += 1
-        if "staging" in str(src) and str(src).endswith(".parquet") and calls["n"] > 4:
+        if "staging" in str(src) and str(src).endswith(".parquet" + records.TEMP_SUFFIX) and calls["n"] > 4:
             raise OSError(28, "No space left on device")
         return real(src, dst)
 

@@ -7,9 +7,14 @@ are ordinary columns in every file as well, so any Parquet reader sees the whole
 go by those columns; folder names (made by :func:`folder_name`, the one place a name becomes a
 path) only decide where a file is written.
 
-Every shard is written with a sidecar manifest ``<shard>.manifest.json`` (sha256, size and row
-count; :func:`verify_part`) and every write to a store holds the store's lock ``<store>/store.lock``
-(:func:`store_lock`).
+Every shard is written with a sidecar manifest ``_<shard>.manifest.json`` (sha256, size and row
+count; :func:`verify_part`) and every write to a store holds the store's lock ``<store>/_store.lock``
+(:func:`store_lock`). Nothing but the record shards ends in ``.parquet`` outside a hidden folder, and
+every other file starts with ``_`` or ``.``: Arrow (``pyarrow.dataset``, ``pandas.read_parquet``) skips
+such names, and a ``STORE/**/*.parquet`` glob (DuckDB, Polars) matches only the shards, because shards
+being written, replaced or set aside carry a suffix after ``.parquet`` (:data:`TEMP_SUFFIX`,
+:data:`REPLACED_SUFFIX`; ``jobs/score.py``'s ``.corrupt``). Stores of older versions (manifests
+``<shard>.manifest.json``, lock ``store.lock``) are read as they are and converted by their next write.
 
 At scale (millions of rows): import checks a Parquet file column by column in Arrow/numpy
 (:func:`validate_table`, names dictionary-encoded, one sort for duplicates and coverage) and writes
@@ -98,8 +103,9 @@ def folder_name(name: str, what: str) -> str:
     (:func:`name_from_folder` undoes it) and injective, so two names never share a folder:
     ``A-Z a-z 0-9 . _ = -`` are kept, every other character becomes ``%XX`` per UTF-8 byte
     (``org/m`` -> ``org%2Fm``, ``org_m`` stays ``org_m``, ``%`` -> ``%25``), and a leading ``.``
-    becomes ``%2E`` so no name makes a hidden folder. The result never contains ``/``, ``\\``,
-    a control character or a leading ``.``. Refused with :class:`RecordsError` (naming ``what``,
+    becomes ``%2E`` and a leading ``_`` ``%5F``, so no name makes a folder that Parquet readers skip
+    (Arrow ignores names starting with ``.`` or ``_``). The result never contains ``/``, ``\\``,
+    a control character or a leading ``.`` or ``_``. Refused with :class:`RecordsError` (naming ``what``,
     the value and the fix): a non-string, the empty name, ``.`` and ``..``, names with control
     characters (NUL, newline, tab, DEL, ...) and names whose folder name would exceed
     :data:`MAX_FOLDER_NAME` characters.
@@ -115,7 +121,7 @@ def folder_name(name: str, what: str) -> str:
                            f"{', '.join(repr(c) for c in ctrl)}; remove them from the {what} name")
     out = []
     for i, ch in enumerate(name):
-        if ch in _NAME_SAFE and not (i == 0 and ch == "."):
+        if ch in _NAME_SAFE and not (i == 0 and ch in "._"):
             out.append(ch)
         else:
             out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
@@ -710,8 +716,15 @@ def to_arrow(df: pd.DataFrame) -> pa.Table:
 
 # ------------------------------------------------------------------------------ lock and manifests
 
-LOCK_NAME = "store.lock"
+LOCK_NAME = "_store.lock"
+#: The lock file of stores written by older versions (converted by the next write, see :func:`store_lock`).
+LEGACY_LOCK_NAME = "store.lock"
+MANIFEST_PREFIX = "_"
 MANIFEST_SUFFIX = ".manifest.json"
+#: Suffix of a shard or manifest while it is written (names also start with ``.tmp-``).
+TEMP_SUFFIX = ".partial"
+#: Suffix of the files an ``--overwrite`` moves aside into ``<store>/.replaced-*/`` while it runs.
+REPLACED_SUFFIX = ".replaced"
 MANIFEST_FORMAT = "cascade-eval shard manifest 1"
 #: Seconds a writer waits for another writer of the same store before giving up.
 LOCK_TIMEOUT_S = 600.0
@@ -719,32 +732,69 @@ LOCK_TIMEOUT_S = 600.0
 
 @contextlib.contextmanager
 def store_lock(store: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Path]:
-    """Hold ``<store>/store.lock`` (a ``filelock.FileLock``, released when the holder exits or dies).
+    """Hold ``<store>/_store.lock`` (a ``filelock.FileLock``, released when the holder exits or dies).
 
     Every write to a store (:func:`write_records`, :func:`write_part`) holds it, so two processes
     never interleave their checks and renames. The folder is created if missing. Raises
     :class:`RecordsError` if another writer holds it for more than ``timeout`` seconds.
+
+    A store of an older version (its lock ``store.lock`` is there) is converted first, holding that
+    lock as well: its manifests get their ``_`` names and ``store.lock`` is removed, after which every
+    Parquet reader reads the store (an older version writing the same store at the same time is not
+    supported).
     """
     from filelock import FileLock, Timeout
 
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(store / LOCK_NAME))
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        raise RecordsError(f"{store}: another process has been writing to this store for over {timeout:.0f} s "
-                           f"(lock {store / LOCK_NAME}); wait for it to finish and retry") from None
-    try:
+    with contextlib.ExitStack() as held:
+        for name in (LOCK_NAME, LEGACY_LOCK_NAME):
+            if name == LEGACY_LOCK_NAME and not (store / name).is_file():
+                continue
+            lock = FileLock(str(store / name))
+            try:
+                lock.acquire(timeout=timeout)
+            except Timeout:
+                raise RecordsError(f"{store}: another process has been writing to this store for over "
+                                   f"{timeout:.0f} s (lock {store / name}); wait for it to finish and retry") from None
+            held.callback(lock.release)
+            if name == LEGACY_LOCK_NAME:
+                _convert_legacy(store)
         yield store
-    finally:
-        lock.release()
+
+
+def _convert_legacy(store: Path) -> None:
+    """Rename an older store's manifests ``<shard>.manifest.json`` to ``_<shard>.manifest.json`` and
+    remove its ``store.lock`` (last, so that a conversion cut short is done again); the caller holds
+    both locks."""
+    for mp in store.rglob(f"*.parquet{MANIFEST_SUFFIX}"):
+        rel = mp.relative_to(store).parts
+        if mp.name.startswith((".", MANIFEST_PREFIX)) or any(part.startswith(".") for part in rel[:-1]):
+            continue
+        new = manifest_path(mp.with_name(mp.name[:-len(MANIFEST_SUFFIX)]))
+        if new.exists():
+            mp.unlink()  # the shard was rewritten since: its new manifest is the one
+        else:
+            os.replace(mp, new)
+    (store / LEGACY_LOCK_NAME).unlink(missing_ok=True)
 
 
 def manifest_path(part: str | os.PathLike) -> Path:
-    """The sidecar manifest of a shard: ``part-x.parquet`` -> ``part-x.parquet.manifest.json``."""
+    """The sidecar manifest of a shard: ``part-x.parquet`` -> ``_part-x.parquet.manifest.json`` (a
+    leading ``_``: Parquet readers skip it)."""
+    part = Path(part)
+    return part.with_name(MANIFEST_PREFIX + part.name + MANIFEST_SUFFIX)
+
+
+def legacy_manifest_path(part: str | os.PathLike) -> Path:
+    """Where older versions put a shard's manifest: ``part-x.parquet.manifest.json``."""
     part = Path(part)
     return part.with_name(part.name + MANIFEST_SUFFIX)
+
+
+def manifest_files(part: str | os.PathLike) -> list[Path]:
+    """The manifest files a shard has on disk (its manifest, and one an older version left)."""
+    return [p for p in (manifest_path(part), legacy_manifest_path(part)) if p.exists()]
 
 
 def _sha256(path: Path) -> str:
@@ -756,9 +806,10 @@ def _sha256(path: Path) -> str:
 
 
 def read_manifest(part: str | os.PathLike) -> dict | None:
-    """A shard's manifest ``{"format", "file", "sha256", "bytes", "rows"}``, or None if it has none."""
-    mp = manifest_path(part)
-    if not mp.exists():
+    """A shard's manifest ``{"format", "file", "sha256", "bytes", "rows"}``, or None if it has none (the
+    ``_`` manifest; else the one an older version wrote beside the shard)."""
+    mp = next(iter(manifest_files(part)), None)
+    if mp is None:
         return None
     try:
         man = json.loads(mp.read_text())
@@ -813,34 +864,53 @@ def _fsync_write(path: Path, write) -> None:
         os.fsync(fh.fileno())
 
 
+def _stage_shard(table: pa.Table, path: Path, where: Path) -> tuple[Path, Path]:
+    """The shard ``path`` will be and its manifest, written (fsynced) as temp files in folder ``where``:
+    ``.tmp-<token>.parquet.partial`` and ``.tmp-<token>.manifest.json.partial``, names no Parquet reader
+    or ``*.parquet`` glob takes. Nothing is left behind if writing fails."""
+    where.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    tmp = where / f".tmp-{token}.parquet{TEMP_SUFFIX}"
+    tmp_man = where / f".tmp-{token}{MANIFEST_SUFFIX}{TEMP_SUFFIX}"
+    try:
+        _fsync_write(tmp, lambda fh: pq.write_table(table, fh))
+        man = {"format": MANIFEST_FORMAT, "file": path.name, "sha256": _sha256(tmp), "bytes": tmp.stat().st_size,
+               "rows": table.num_rows}
+        _fsync_write(tmp_man, lambda fh: fh.write(json.dumps(man, indent=1).encode()))
+    except BaseException:
+        for t in (tmp, tmp_man):
+            t.unlink(missing_ok=True)
+        raise
+    return tmp, tmp_man
+
+
+def _install_shard(tmp: Path, tmp_man: Path, path: Path) -> None:
+    """Rename a staged shard into place: its manifest first, then the shard (then an older version's
+    manifest of the same shard, now stale, is removed)."""
+    os.replace(tmp_man, manifest_path(path))
+    os.replace(tmp, path)
+    legacy_manifest_path(path).unlink(missing_ok=True)
+
+
 def _write_shard(table: pa.Table, path: Path) -> Path:
     """Shard + manifest, each through a temp file and a rename; the caller holds the store lock.
 
     The manifest is renamed into place first: a crash between the two renames leaves either no shard
     (a new shard) or the previous shard under the new manifest, which :func:`verify_part` reports as
     damaged. A shard next to a manifest that matches it is therefore always complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
-    tmp = path.parent / f".tmp-{token}.parquet"
-    tmp_man = path.parent / f".tmp-{token}{MANIFEST_SUFFIX}"
+    tmp, tmp_man = _stage_shard(table, path, path.parent)
     try:
-        _fsync_write(tmp, lambda fh: pq.write_table(table, fh))
-        man = {"format": MANIFEST_FORMAT, "file": path.name, "sha256": _sha256(tmp), "bytes": tmp.stat().st_size,
-               "rows": table.num_rows}
-        _fsync_write(tmp_man, lambda fh: fh.write(json.dumps(man, indent=1).encode()))
-        os.replace(tmp_man, manifest_path(path))
-        os.replace(tmp, path)
+        _install_shard(tmp, tmp_man, path)
     finally:
         for t in (tmp, tmp_man):
-            if t.exists():
-                t.unlink()
+            t.unlink(missing_ok=True)
     return path
 
 
 def write_part(table: pa.Table, path: str | os.PathLike, *, store: str | os.PathLike | None = None) -> Path:
     """Write one shard atomically with its manifest, holding the store's lock.
 
-    ``store`` is the results store the shard belongs to (its lock is ``<store>/store.lock``); by default
+    ``store`` is the results store the shard belongs to (its lock is ``<store>/_store.lock``); by default
     the folder two levels above the shard's folder, as in ``<store>/<benchmark>/<model>/<shard>``.
     """
     path = Path(path).absolute()
@@ -858,14 +928,14 @@ def _check_store_path(store: Path) -> None:
             where = "is a file" if p == store else f"lies below the file {p}"
             raise RecordsError(f"--out {store} {where}; name a folder (created if missing)")
     for p in store.absolute().parents:
-        if (p / LOCK_NAME).is_file():
+        if (p / LOCK_NAME).is_file() or (p / LEGACY_LOCK_NAME).is_file():
             raise RecordsError(f"--out {store} lies inside the results store {p}, whose readers would read these "
                                "records as well; import into that store itself or into a folder outside it")
 
 
 def _damaged(reason: str) -> str:
-    return (f"{reason}; the shard is damaged: delete it and its {MANIFEST_SUFFIX} (then rerun `cascade score`, "
-            "which rescores missing shards, or re-import the records)")
+    return (f"{reason}; the shard is damaged: delete it and its manifest ({MANIFEST_PREFIX}<shard>{MANIFEST_SUFFIX}) "
+            "(then rerun `cascade score`, which rescores missing shards, or re-import the records)")
 
 
 def _file_keys(f: Path) -> dict[tuple[str, str, str], np.ndarray]:
@@ -967,9 +1037,11 @@ def write_records(records: pd.DataFrame | Validated, store: str | os.PathLike, *
     (before writing anything) to replace data already in the store unless ``overwrite`` (scored data is
     never lost silently), names that differ from stored ones only by letter case, and a model whose query
     ids in a split differ from those of the models already stored there. Shards are written with their
-    manifests into a staging folder inside the store, then renamed. With ``overwrite``, the files
-    holding a replaced (benchmark, model) are found by their columns (wherever they lie, also under
-    folder names of older versions) and moved aside before the new shards are renamed in, then deleted.
+    manifests into a staging folder inside the store (``.staging-*``, files named ``*.partial``), then
+    renamed. With ``overwrite``, the files holding a replaced (benchmark, model) are found by their
+    columns (wherever they lie, also under folder names of older versions) and moved aside (into
+    ``.replaced-*``, named ``*.replaced``) before the new shards are renamed in, then deleted. Staging
+    folders a killed writer left are removed (only a lock holder writes one).
     """
     store = Path(store)
     _check_store_path(store)
@@ -977,6 +1049,8 @@ def write_records(records: pd.DataFrame | Validated, store: str | os.PathLike, *
     groups = v.groups()
     folders = {g: (folder_name(g[0], "benchmark"), folder_name(g[1], "model")) for g in groups}
     with store_lock(store):
+        for left in store.glob(".staging-*"):
+            shutil.rmtree(left, ignore_errors=True)
         idx = _store_index(store)
         stored = {(b, m) for keys in idx.values() for b, _, m in keys}
         clash = stored & set(groups)
@@ -996,28 +1070,27 @@ def write_records(records: pd.DataFrame | Validated, store: str | os.PathLike, *
         token = uuid.uuid4().hex
         staging = store / f".staging-{token}"
         aside = store / f".replaced-{token}"
-        staged: list[tuple[Path, Path]] = []
+        staged: list[tuple[Path, Path, Path]] = []
         try:
             for g in groups:
-                name = f"part-{uuid.uuid4().hex[:12]}.parquet"
-                rel = Path(*folders[g], name)
-                staged.append((_write_shard(v.table(v.group_rows(*g)), staging / rel), store / rel))
-            # Replaced shards are moved aside (a hidden folder: no reader sees them) before the new ones go
-            # in, so no reader ever sees both; an error puts everything back. Only a killed process can leave
-            # <store>/.replaced-*/ behind (the old shards, kept rather than lost).
+                final = store / Path(*folders[g], f"part-{uuid.uuid4().hex[:12]}.parquet")
+                staged.append((*_stage_shard(v.table(v.group_rows(*g)), final, staging), final))
+            # Replaced shards are moved aside (a hidden folder, names ending in .replaced: no reader or glob
+            # sees them) before the new ones go in, so no reader ever sees both; an error puts everything
+            # back. Only a killed process can leave <store>/.replaced-*/ behind (the old shards, kept
+            # rather than lost).
             moved: list[tuple[Path, Path]] = []
             written: list[Path] = []
             try:
                 for i, f in enumerate(old_files):
                     dest = aside / str(i)
                     dest.mkdir(parents=True)
-                    for src in (manifest_path(f), f):
-                        if src.exists():
-                            os.replace(src, dest / src.name)
-                            moved.append((src, dest / src.name))
-                for tmp, final in staged:
+                    for src in (*manifest_files(f), f):
+                        os.replace(src, dest / (src.name + REPLACED_SUFFIX))
+                        moved.append((src, dest / (src.name + REPLACED_SUFFIX)))
+                for tmp, tmp_man, final in staged:
                     final.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(manifest_path(tmp), manifest_path(final))
+                    os.replace(tmp_man, manifest_path(final))
                     written.append(manifest_path(final))
                     os.replace(tmp, final)
                     written.append(final)
@@ -1486,13 +1559,16 @@ def _plain_strings(schema: pa.Schema) -> pa.Schema:
 
 
 def parquet_files(store: str | os.PathLike) -> list[Path]:
-    """The Parquet files of a store (or the file itself), sorted; hidden files and folders (staging,
-    temp files, replaced shards), manifests and the lock file are not records and are left out."""
+    """The Parquet files of a store (or the file itself), sorted: files ending in ``.parquet`` whose
+    name does not start with ``_`` or ``.`` (as Arrow) outside hidden folders (staging, replaced and
+    set-aside shards). Manifests and the lock file are not records and are left out. (Folders starting
+    with ``_``, which older versions could make, are read although Arrow skips them.)"""
     store = Path(store)
     if store.is_file():
         return [store]
     return sorted(p for p in store.rglob("*.parquet")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(store).parts))
+                  if p.is_file() and not p.name.startswith(("_", "."))
+                  and not any(part.startswith(".") for part in p.relative_to(store).parts))
 
 
 def fingerprint(data) -> str:

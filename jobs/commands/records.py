@@ -8,7 +8,7 @@ def register(sub) -> None:
                        description="Validate per-query x model results (Parquet or CSV with the columns benchmark, "
                                    "split, query_id, model, confidence, correct, input_tokens, output_tokens, cost) "
                                    "and add them to a results store. Bad input writes nothing. Writes hold the "
-                                   "store's lock (STORE/store.lock) and every shard gets a sha256 manifest; "
+                                   "store's lock (STORE/_store.lock) and every shard gets a sha256 manifest; "
                                    "a model must cover the same queries as the models already stored.")
     p.add_argument("file", help="Parquet or CSV file")
     p.add_argument("--out", required=True, help="results store folder (created if missing; not a file, not "
