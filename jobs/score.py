@@ -20,7 +20,7 @@ damaged shard is named on stderr and moved to ``<out>/.corrupt/<run_id>/`` first
 ending in ``.corrupt``, so neither Arrow nor a ``**/*.parquet`` glob reads it).
 
 Python API: :func:`run` (config path, dict or :class:`~cascade.scoring.config.ScoreConfig`) -> stats
-dict; :func:`check` (``--check``: validate, plan, stop); :func:`save_stats` (``score_stats.json``, secrets
+dict; :func:`check` (``--check``: validate, plan, stop); :func:`save_stats` (``_score_stats.json``, secrets
 redacted). ``python -m jobs.score CONFIG.yaml`` is ``cascade score CONFIG.yaml``.
 """
 
@@ -47,6 +47,8 @@ from cascade.scoring.config import ConfigError, ScoreConfig, StageConfig, load_c
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<start>\d{6,})-(?P<end>\d{6,})\.parquet$")
 CORRUPT_DIR = ".corrupt"  # hidden (Arrow skips it) and its files end in CORRUPT_SUFFIX (globs skip them)
 CORRUPT_SUFFIX = ".corrupt"
+STATS_FILE = "_score_stats.json"  # a leading _: Parquet readers of the store skip it
+LEGACY_STATS_FILE = "score_stats.json"  # the name older versions gave it
 META = ("_actor", "_pid", "_ready_at", "_load_s", "_restarted", "_threads")
 
 
@@ -743,21 +745,30 @@ def _ray_llm_stage(ds, st: StageConfig, cfg: ScoreConfig, run_id: str, columns: 
 
 def save_stats(stats: dict, cfg: ScoreConfig) -> dict:
     """Write a run's stats (with its config, secrets redacted: :func:`redact_secrets`) to
-    ``<out>/score_stats.json`` next to the records (not a .parquet file, so readers of the store ignore
+    ``<out>/_score_stats.json`` next to the records (a leading ``_``, so Parquet readers of the store skip
     it; ``cascade log OUT`` logs it later). Returns the stats worth logging: when this run scored nothing
     (every shard was already done), those of the run that scored the records, so a rerun does not
     replace real throughput with an empty one."""
     stats = {**stats, "config": redact_secrets(json.loads(cfg.model_dump_json()))}
-    path = Path(stats["out_dir"]) / "score_stats.json"
-    if stats["scored_records"] == 0 and path.exists():
-        prev = json.loads(path.read_text())
+    path = Path(stats["out_dir"]) / STATS_FILE
+    old = stats_path(stats["out_dir"])
+    if stats["scored_records"] == 0 and old.exists():
+        prev = json.loads(old.read_text())
         if prev.get("scored_records"):
             return {**prev, "rerun_skipped_shards": stats["skipped_shards"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(stats, indent=2, default=str))
     os.replace(tmp, path)
+    (path.parent / LEGACY_STATS_FILE).unlink(missing_ok=True)
     return stats
+
+
+def stats_path(out) -> Path:
+    """A scoring output's stats file: ``_score_stats.json``, or ``score_stats.json`` where only an older
+    version wrote one."""
+    new, old = Path(out) / STATS_FILE, Path(out) / LEGACY_STATS_FILE
+    return old if old.exists() and not new.exists() else new
 
 
 def command(config: str, *, out: str | None = None, limit: int | None = None, check_only: bool = False,

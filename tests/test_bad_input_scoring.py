@@ -146,6 +146,6 @@ def test_score_stats_json_has_secrets_redacted(tmp_path):
     cfg = load_config(raw)
     stats = {"out_dir": str(tmp_path / "store"), "scored_records": 3, "skipped_shards": 0}
     logged = save_stats(stats, cfg)
-    text = (tmp_path / "store" / "score_stats.json").read_text()
+    text = (tmp_path / "store" / "_score_stats.json").read_text()
     assert "s3cr3t-pw" not in text and "s3cr3t-pw" not in json.dumps(logged)
     assert json.loads(text)["config"]["ray"]["address"] == f"ray://admin:{REDACTED}@head:10001"

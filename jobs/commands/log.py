@@ -14,7 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser("log", help="log finished `cascade tune`, `cascade score` or `cascade study` outputs to "
                                    "MLflow (once: outputs already logged are skipped)",
                        description="Log a `cascade tune --out DIR` folder (searched recursively for summary.json), "
-                                   "a scoring output folder (holding score_stats.json) or a `cascade study --out` "
+                                   "a scoring output folder (holding _score_stats.json) or a `cascade study --out` "
                                    "folder (meta.json, runs.csv) to MLflow. Folders whose files were logged before "
                                    "(same output fingerprint, same experiment) are skipped. Exit status: 0 logged "
                                    "or already logged, 2 bad input, 3 the tracking store failed (nothing new "
@@ -81,7 +81,9 @@ def run_log(args) -> int:
     except tracking.TrackingUnavailable as e:
         print(e.line("cascade log", log_command=None) + f"; {d} is unchanged", file=sys.stderr)
         return 3
-    stats_file = d / "score_stats.json"
+    from jobs.score import stats_path
+
+    stats_file = stats_path(d)
     if stats_file.exists():
         try:
             stats = json.loads(stats_file.read_text())
@@ -110,7 +112,7 @@ def run_log(args) -> int:
         s for s in d.rglob("summary.json")  # hidden folders: a writer's temp folder, a replaced output
         if not any(part.startswith(".") for part in s.relative_to(d).parts))
     if not summaries:
-        raise ValueError(f"{d}: neither summary.json (cascade tune) nor score_stats.json (cascade score) found")
+        raise ValueError(f"{d}: neither summary.json (cascade tune) nor _score_stats.json (cascade score) found")
     outputs = _read_outputs(d, summaries)
     experiment = args.experiment or outputs[0][1].get("benchmark") or "cascade-eval"
     fps = {folder: M.output_fingerprint(folder) for folder, _ in outputs}
