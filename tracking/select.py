@@ -62,7 +62,8 @@ def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | Non
     summary = json.loads((out_dir / "summary.json").read_text())
     frontier = pd.read_parquet(out_dir / "frontier.parquet")
     chain = summary.get("chain") or []
-    name = run_name or (f"{summary.get('method')} | select {' > '.join(chain)}"
+    # leads with what differs from its siblings (the method), says it is a selection, fits the column
+    name = run_name or (f"{summary.get('method')} | select | {summary.get('n_subcascades')} sub-cascades"
                         + (f" | abstain {summary['abstain_cost']:g}" if summary.get("abstain_cost") is not None else ""))
     params = {"command": "select", "method": summary.get("method"), "chain": " > ".join(chain),
               "select_on": summary.get("select_on"), "abstain_cost": summary.get("abstain_cost"),
@@ -70,11 +71,20 @@ def log_selection(out_dir: str | os.PathLike, *, experiment: str, uri: str | Non
               "train_split": summary.get("train_split"), "test_split": summary.get("test_split"),
               "n_subcascades": summary.get("n_subcascades"), "records": str(records_path or summary.get("records")),
               "output": str(out_dir.resolve())}
+    ans = pd.DataFrame(summary.get("answer_at_budgets") or [])
+    title = (f"{summary.get('benchmark')}: which cascade per budget, {summary.get('method')}, "
+             f"{summary.get('n_subcascades')} sub-cascades of {' > '.join(chain)}")
+    from cascade.evaluate import answer
+
     tags = {k: v for k, v in {"cascade.kind": "select", "cascade.benchmark": summary.get("benchmark"),
-                              "cascade.logged_from": str(out_dir.resolve())}.items() if v is not None}
+                              "cascade.method": summary.get("method"), "cascade.chain": " > ".join(chain),
+                              "cascade.logged_from": str(out_dir.resolve()),
+                              "mlflow.note.content": answer_description(title, answer.markdown_answer(ans))
+                              if not ans.empty else None}.items() if v is not None}
     with _selection_run(experiment, name, params, tags, uri, parent_run_id) as parent:
         with guard("logging the selection's artifacts"), write_lock():
-            for f in ("frontier.png", "frontier.parquet", "summary.json", "answer.txt", "candidates.parquet"):
+            for f in ("report.html", "frontier.png", "frontier.parquet", "summary.json", "answer.txt",
+                      "candidates.parquet"):
                 if (out_dir / f).exists():
                     mlflow.log_artifact(str(out_dir / f))
         log_summary(tables={"frontier_table.json": select.frontier_log_table(frontier)},
@@ -115,3 +125,70 @@ def log_answer(run_id: str, frontier: pd.DataFrame, summary: dict) -> None:
 
 
 __all__ = ["log_answer", "log_selection"]
+
+
+METRIC_NOTES = (
+    "**Units**: budgets and costs in USD per million queries; errors are shares of test queries answered wrongly "
+    "(lower is better).\n\n"
+    "**Metrics** (the same names on every tuning and selection run of this benchmark):\n"
+    "- `test_error_at_usd<B>`: the lowest test error among the run's curve points whose test cost is at most B "
+    "(absent when even its cheapest point costs more); history `test_error_curve` (step = budget index, "
+    "`budget_usd` gives the budget of each step: MLflow's chart view overlays the runs' curves);\n"
+    "- on selection runs, `answer_test_error_at_usd<B>` / `answer_test_cost_at_usd<B>`: the point the selection "
+    "runs at B, chosen on the training split, measured on test (history `answer_test_error_curve`);\n"
+    "- `frontier_test_auc`: mean test error of the frontier over its own test cost range; "
+    "`auc_shared` (tuning runs of a comparison): mean test error over the cost range every method's curve of "
+    "that cascade covers.\n\n"
+    "**Report**: the artifact `report.html` (interactive: pick a budget, read the answer; every curve overlaid).")
+
+
+def answer_description(title: str, answer_table_md: str) -> str:
+    """A run description (``mlflow.note.content``): the answer per budget, then what the metrics mean."""
+    return f"### {title}\n\n{answer_table_md}\n\n{METRIC_NOTES}"
+
+
+def log_methods(out_dir: str | os.PathLike, *, experiment: str, uri: str | None = None, records_path=None,
+                records_df: pd.DataFrame | None = None, run_name: str | None = None,
+                parent_run_id: str | None = None, children: bool = True) -> str:
+    """Log a written ``cascade select --method a,b,...`` folder: a run (a parent of its own, or nested under
+    ``parent_run_id`` / the active run) with the answer per budget as its description, ``report.html``,
+    ``answer.txt``, the tables and the answer metrics; under it one selection run per method
+    (:func:`log_selection`, with its sub-cascade runs when ``children``). Returns the run's id."""
+    import mlflow
+
+    from cascade.evaluate import answer
+
+    out_dir = Path(out_dir)
+    summary, frontier, ans = answer.read_methods(out_dir)
+    chain = summary.get("chain") or []
+    methods = summary.get("methods") or []
+    name = run_name or f"select | {len(methods)} methods | {' > '.join(chain)}"
+    params = {"command": "select", "methods": ",".join(methods), "chain": " > ".join(chain),
+              "select_on": summary.get("select_on"), "benchmark": summary.get("benchmark"),
+              "budgets_usd": ",".join(f"{b:g}" for b in summary.get("budgets_usd") or []),
+              "records": str(records_path or ""), "output": str(out_dir.resolve())}
+    title = f"{summary.get('benchmark')}: the answer per budget over {', '.join(methods)} ({' > '.join(chain)})"
+    tags = {"cascade.kind": "select", "cascade.benchmark": summary.get("benchmark"), "cascade.answer": "true",
+            "cascade.logged_from": str(out_dir.resolve()),
+            "mlflow.note.content": answer_description(title, answer.markdown_answer(ans))}
+    with _selection_run(experiment, name, params, {k: v for k, v in tags.items() if v is not None}, uri,
+                        parent_run_id) as run:
+        with guard("logging the answer's artifacts"), write_lock():
+            for f in ("report.html", "answer.txt", "frontier.parquet", "answer.parquet", "summary.json"):
+                if (out_dir / f).exists():
+                    mlflow.log_artifact(str(out_dir / f))
+        table = ans.copy()
+        table["models"] = table["models"].map(lambda m: " > ".join(m))
+        table["thresholds"] = table["thresholds"].map(lambda t: json.dumps([round(float(v), 6) for v in t]))
+        log_summary(tables={"answer_table.json": table}, metrics={"frontier_test_auc": summary.get("frontier_test_auc"),
+                                                                    "n_frontier": summary.get("n_frontier")})
+        log_answer(run.info.run_id, frontier, {"budgets_usd": summary.get("budgets_usd"),
+                                               "answer_at_budgets": summary.get("answer")})
+        for m in methods:
+            log_selection(out_dir / m, experiment=experiment, uri=uri, records_path=records_path,
+                          records_df=records_df, parent_run_id=run.info.run_id, children=children,
+                          run_name=None)
+        return run.info.run_id
+
+
+__all__ += ["answer_description", "log_methods"]

@@ -597,7 +597,7 @@ def frontier_figure(sel: Selection, title: str | None = None):
 
 
 SELECT_FILES = frozenset({"frontier.parquet", "candidates.parquet", "summary.json", "frontier.png", "cascades",
-                          "answer.txt"})
+                          "answer.txt", "report.html"})
 
 
 def _json_clean(o):
@@ -654,6 +654,9 @@ def write_selection(sel: Selection, out) -> Path:
         (tmp / "summary.json").write_text(json.dumps(_json_clean(sel.summary), indent=2))
         (tmp / "answer.txt").write_text(format_frontier_table(sel.frontier, comparison=sel.comparison) + "\n")
         frontier_figure(sel).savefig(tmp / "frontier.png", dpi=120)
+        from cascade.evaluate import report  # the interactive page: answer at a chosen budget, curves
+
+        report.write_report(report.selection_report_data(sel), tmp / "report.html")
         names = outputs.cascade_folders([s.models for s in sel.subcascades])
         for name, s in zip(names, sel.subcascades):
             d = tmp / "cascades" / name

@@ -26,7 +26,10 @@ def register(sub) -> None:
     p.add_argument("--benchmark", help="benchmark name (required when the store holds several)")
     p.add_argument("--models", required=True,
                    help="the chain in cost order, comma-separated: m1,m2,... (every ordered sub-sequence is tried)")
-    p.add_argument("--method", default="markov-copula", help="tuning method of each sub-cascade (markov-copula, grid, ...)")
+    p.add_argument("--method", default="markov-copula",
+                   help="tuning method of each sub-cascade (markov-copula, grid, ...); several, comma-separated: "
+                        "a selection per method into OUT/<method>/, then one answer over all of them per budget "
+                        "(OUT/answer.txt, OUT/answer.parquet, OUT/report.html; --param METHOD.NAME=VALUE)")
     p.add_argument("--select-on", default="measured", choices=["measured", "predicted"],
                    help="how candidates are compared on the training split: measured (each threshold vector "
                         "scored on the training labels; the default, it won on MedMCQA, see docs/select.md) or "
@@ -80,6 +83,8 @@ def _default_signal(df) -> str:
 
 
 def run_select(args) -> int:
+    if "," in args.method:
+        return run_select_many(args)
     import math
 
     from cascade.data import records
@@ -146,15 +151,65 @@ def run_select(args) -> int:
     return 0
 
 
-def track(args, out: Path, benchmark: str, records_path, records_df) -> int:
+def run_select_many(args) -> int:
+    """``--method a,b,...``: a selection per method, then the answer per absolute budget over all of them."""
+    from cascade.data import records
+    from cascade.evaluate import answer, outputs
+    from cascade.evaluate import tuning as tune
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--method lists a method twice: {args.method}")
+    if args.abstain_cost is not None:
+        raise ValueError("--abstain-cost works with one --method (markov-copula), not with several")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if len(models) < 2 or len(set(models)) != len(models):
+        raise ValueError(f"--models {args.models!r}: give a chain of at least two distinct models")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: use 1 or more")
+    parsed = outputs.parse_method_params(args.param)
+    params = {}
+    for m in methods:
+        cls = tune.get_method(m)  # an unknown method is refused before any work
+        params[m] = cls.validate_params(parsed.pop(m, {}))
+        if "seed" in cls.param_names() and "seed" not in params[m]:
+            params[m]["seed"] = args.seed
+    if parsed:
+        raise ValueError(f"--param {next(iter(parsed))}.*: not among --method ({', '.join(methods)})")
+    out = answer.check_out(args.out)
+    outputs.cascade_folders(answer.select.subcascades_of(models))
+    df = records.load(args.results, benchmark=args.benchmark)
+    if df.empty:
+        raise ValueError(f"benchmark {args.benchmark!r} has no records in {args.results}")
+    benchmarks = sorted(df["benchmark"].unique())
+    if args.benchmark is None and len(benchmarks) > 1:
+        raise ValueError(f"{args.results} holds several benchmarks ({', '.join(benchmarks)}); pass --benchmark")
+    benchmark = args.benchmark or benchmarks[0]
+    jobs = args.jobs or max(1, min(2, os.cpu_count() or 1))
+    ma = answer.select_methods(
+        df, models=models, methods=methods, params=params, benchmark=benchmark, select_on=args.select_on, jobs=jobs,
+        train_split=args.train_split, test_split=args.test_split, cost_mode=args.cost, calibration=args.calibration,
+        signal=args.signal or _default_signal(df), transform=args.transform)
+    title = (f"{benchmark}: the answer per budget over {', '.join(methods)} ({len(ma.selections[methods[0]].subcascades)}"
+             f" sub-cascades of {' > '.join(models)} each, chosen on train ({args.select_on}))")
+    written = answer.write_methods(ma, out, title)
+    print(answer.format_answer(ma.answer, title))
+    print(f"\nwrote {written} (report.html: pick a budget, read the answer)")
+    if args.track:
+        return track(args, written, benchmark, Path(args.results).resolve(), df, many=True)
+    return 0
+
+
+def track(args, out: Path, benchmark: str, records_path, records_df, many: bool = False) -> int:
     """Log a written selection to MLflow; the outputs stay on disk whatever happens here (exit 3 on failure)."""
     import tracking
     from tracking import select as track_select
 
     experiment = args.experiment or benchmark
     try:
-        run_id = track_select.log_selection(out, experiment=experiment, uri=args.tracking_uri,
-                                            records_path=records_path, records_df=records_df)
+        log = track_select.log_methods if many else track_select.log_selection
+        run_id = log(out, experiment=experiment, uri=args.tracking_uri, records_path=records_path,
+                     records_df=records_df)
     except tracking.TrackingUnavailable as e:
         print(f"cascade select: tracking failed: {e}\n  the results are safe under {out}", file=sys.stderr)
         return 3
