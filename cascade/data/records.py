@@ -418,6 +418,11 @@ def _float_values(inp: _Input, col: str) -> np.ndarray:
     return a.astype(np.float64, copy=False)
 
 
+#: The largest cost of one query accepted (USD). Tuning works in USD per million queries and adds the
+#: costs of a cascade's models: a larger value is a unit mistake, and near 1.7e308 it overflows to inf.
+MAX_COST = 1e6
+
+
 def _cost_values(inp: _Input, source: str) -> np.ndarray:
     cost = _float_values(inp, "cost")
     finite = np.isfinite(cost)
@@ -425,7 +430,15 @@ def _cost_values(inp: _Input, source: str) -> np.ndarray:
         raise RecordsError(f"{source}: column 'cost' must be a finite number; bad values in {_rows(~finite)}")
     if (cost < 0).any():
         raise RecordsError(f"{source}: column 'cost' is negative in {_rows(cost < 0)}; costs must be >= 0")
+    _check_cost_bound(cost, source, "column 'cost'")
     return cost
+
+
+def _check_cost_bound(cost: np.ndarray, source: str, what: str) -> None:
+    big = cost > MAX_COST
+    if big.any():
+        raise RecordsError(f"{source}: {what} exceeds {MAX_COST:g} USD per query in {_rows(big)} (largest "
+                           f"{float(cost.max()):.3g}); costs are USD per query: check the unit")
 
 
 def _signal_values(inp: _Input, sig: str, source: str) -> np.ndarray:
@@ -591,8 +604,10 @@ def validate_table(data: pa.Table | pd.DataFrame, *, prices: PriceTable | None =
         mcodes, mnames = keys["model"]
         pin = np.array([prices.prices[m][0] for m in mnames])
         pout = np.array([prices.prices[m][1] for m in mnames])
-        num["cost"] = (num["input_tokens"].astype(np.float64) * pin[mcodes]
-                       + num["output_tokens"].astype(np.float64) * pout[mcodes]) / 1e6
+        with np.errstate(over="ignore"):
+            num["cost"] = (num["input_tokens"].astype(np.float64) * pin[mcodes]
+                           + num["output_tokens"].astype(np.float64) * pout[mcodes]) / 1e6
+        _check_cost_bound(num["cost"], source, "the cost from --prices")
     else:
         num["cost"] = _cost_values(inp, source)
     for sig in signals:

@@ -28,6 +28,7 @@ import pandas as pd
 from cascade.data.records import CascadeData, RecordsError, cascade_data
 from cascade.evaluate import curves as evaluate
 from cascade.tuners import METHODS, Tuner, get_method, register, threshold_bounds  # noqa: F401
+from cascade.tuners.base import check_memory
 from cascade.tuners.calibration import Parts, TransformError, auto_transform, make_calibrator, out_of_domain
 
 COST_SCALE = 1e6  # tuning and curves use USD per million queries
@@ -266,7 +267,9 @@ def curve_frame(method: str, models: list[str], thresholds: list, train_error, t
 def tune_prepared(train: CascadeData, test: CascadeData, method: str, params: dict | None = None) -> tuple[pd.DataFrame, dict, object]:
     """Fit a tuner on calibrated train data and score its curve on test."""
     cls = get_method(method)
-    tuner = cls(**cls.validate_params(params))
+    params = cls.validate_params(params)
+    check_memory(cls, train.n, train.k, params)  # a fit far beyond the machine is refused, not attempted
+    tuner = cls(**params)
     t0 = time.perf_counter()
     tuner.fit(train)
     seconds = time.perf_counter() - t0

@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import optimize
 
 from cascade.data.records import CascadeData
-from cascade.tuners.base import Tuner, threshold_bounds
+from cascade.tuners.base import LAMBDAS, Interval, Options, Tuner, threshold_bounds
 from cascade.tuners.joint import MarkovJoint
 from cascade.tuners.markov_copula import MarkovCopulaModel, fill_gaps
 
@@ -182,6 +182,14 @@ class AbstentionTuner(Tuner):
     """
 
     name = "early-abstention"
+    parameter_constraints = {
+        "abstain_cost": Interval(float, 0, None, infinite=True), "stages": Options(("all", "last", "none")),
+        "lambdas": LAMBDAS, "growth": Interval(float, 1, 1e6, open="lo"), "max_steps": Interval(int, 0, 10000),
+        "lambda_max": Interval(float, 0, 1e300, open="lo"), "stop_multiplier": Interval(float, 0, 1e6, open="lo"),
+        "stop_reference": Options(("cascade", "chain")), "reference_cost": Interval(float, 0, None, none=True),
+        "max_gap": Interval(float, 0, 1), "eps": Interval(float, 0, 0.5, open="hi"), "n_cells": Interval(int, 2, 4096),
+        "marginal_fit": Options(("mle", "em")), "copula": Options(("gumbel", "independence")),
+    }
 
     def __init__(self, abstain_cost: float = 1.0, stages: str = "all", lambdas=(0.0, 1e-10, 1e-8, 1e-6),
                  growth: float = 2.0, max_steps: int = 24, lambda_max: float = 1000.0, stop_multiplier: float = 1.25,

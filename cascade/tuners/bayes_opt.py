@@ -16,7 +16,12 @@ that whoever logs the run can rebuild them in a persistent storage later (``trac
 beside the MLflow store, study name = the MLflow run id; see docs/tracking.md). The library itself writes
 nothing but ``storage``.
 
-Default budget: 100 trials. With k-1 <= 4 thresholds and at most 300 training queries, the train
+Budget: ``n_trials`` per study (at most 100,000) and, with ``timeout_s``, a wall-clock budget in seconds
+for the whole fit (Optuna's ``study.optimize(timeout=)``, checked after each trial; in scalar mode each
+study gets the time left, and at least one trial). ``diagnostics_`` record the trials run and whether the
+time budget stopped them (``timed_out``).
+
+Default budget: 100 trials, no time limit. With k-1 <= 4 thresholds and at most 300 training queries, the train
 Pareto front stops improving noticeably after ~100 TPE trials, while the protocol fits bayes-opt
 37 cascades x 6 sample sizes x 20 subsamples times on 2 cores; see docs/baselines.md.
 """
@@ -29,9 +34,11 @@ import numpy as np
 
 from cascade.tuners.routing import pareto_mask, route
 from cascade.data.records import CascadeData
-from cascade.tuners.base import Tuner, register, threshold_bounds
+from cascade.tuners.base import SEED, Interval, Options, Text, Tuner, Values, register, threshold_bounds
 
 DEFAULT_LAMBDAS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+#: Most trials a study may be given (a bound on the work; ``timeout_s`` bounds the time).
+MAX_TRIALS = 100_000
 
 
 def export_study(study, names: list[str], bounds, *, name: str = "", metric_names=None,
@@ -76,9 +83,24 @@ def _train_score(t, data: CascadeData, cum_cost: np.ndarray) -> tuple[float, flo
 
 @register("bayes-opt")
 class BayesOptTuner(Tuner):
+    parameter_constraints = {
+        "n_trials": Interval(int, 1, MAX_TRIALS), "sampler": Options(("tpe", "gp")),
+        "mode": Options(("multi", "scalar")), "lambdas": Values(Interval(float, 0, 1e12), 1, 100, none=True),
+        "seed": SEED, "storage": Text(none=True), "study_name": Text(200),
+        "n_startup_trials": Interval(int, 0, MAX_TRIALS),
+        "timeout_s": Interval(float, 0, 30 * 86400, open="lo", none=True),
+    }
+
+    @classmethod
+    def memory_need(cls, n, k, params=None):
+        p = params or {}
+        studies = 1 if p.get("mode", "multi") == "multi" else len(p.get("lambdas") or DEFAULT_LAMBDAS)
+        trials = int(p.get("n_trials", 100)) * studies
+        return 8.0 * 16 * n * k + 4096.0 * trials * k, "lower n_trials"  # Optuna keeps every trial in memory
+
     def __init__(self, n_trials: int = 100, sampler: str = "tpe", mode: str = "multi", lambdas=None,
                  seed: int = 0, storage: str | None = None, study_name: str = "bayes-opt",
-                 n_startup_trials: int = 10):
+                 n_startup_trials: int = 10, timeout_s: float | None = None):
         self.n_trials = n_trials
         self.sampler = sampler
         self.mode = mode
@@ -87,6 +109,7 @@ class BayesOptTuner(Tuner):
         self.storage = storage
         self.study_name = study_name
         self.n_startup_trials = n_startup_trials
+        self.timeout_s = timeout_s
 
     def _make_sampler(self, seed: int, multi: bool):
         import optuna
@@ -115,6 +138,11 @@ class BayesOptTuner(Tuner):
         bounds = threshold_bounds(train.confidence)
         cum_cost = np.cumsum(train.cost, axis=1)
         names = [f"t{j}" for j in range(train.k - 1)]
+        deadline = None if self.timeout_s is None else t0 + float(self.timeout_s)
+        n_run = 0
+
+        def left() -> float | None:  # the time budget left for the next study (at least one trial runs)
+            return None if deadline is None else max(deadline - time.perf_counter(), 1e-9)
 
         def suggest(trial):
             return np.array([trial.suggest_float(nm, lo, hi) for nm, (lo, hi) in zip(names, bounds)])
@@ -128,7 +156,9 @@ class BayesOptTuner(Tuner):
             def objective(trial):
                 return _train_score(suggest(trial), train, cum_cost)
 
-            study.optimize(objective, n_trials=int(self.n_trials))
+            before = len(study.trials)
+            study.optimize(objective, n_trials=int(self.n_trials), timeout=left())
+            n_run += len(study.trials) - before
             exported = [export_study(study, names, bounds, metric_names=["train_error", "train_cost"])]
             for tr in study.trials:
                 if tr.values is None:
@@ -152,7 +182,9 @@ class BayesOptTuner(Tuner):
                     trial.set_user_attr("cost", c)
                     return e + lam * c
 
-                study.optimize(objective, n_trials=int(self.n_trials))
+                before = len(study.trials)
+                study.optimize(objective, n_trials=int(self.n_trials), timeout=left())
+                n_run += len(study.trials) - before
                 exported.append(export_study(study, names, bounds, name=f"lambda={float(lam):g}",
                                              metric_names=["train_error + lambda * train_cost"],
                                              user_attrs=("error", "cost"), extra={"lambda": float(lam)}))
@@ -170,7 +202,9 @@ class BayesOptTuner(Tuner):
         self.train_cost_ = cand_c[keep]
         self.diagnostics_ = {"mode": self.mode, "sampler": self.sampler, "n_trials": int(self.n_trials),
                              "n_studies": n_studies, "n_candidates": int(len(cand_e)),
-                             "n_pareto": int(len(keep)), "storage": self.storage,
+                             "n_pareto": int(len(keep)), "storage": self.storage, "n_trials_run": int(n_run),
+                             "timeout_s": self.timeout_s,
+                             "timed_out": bool(deadline is not None and n_run < int(self.n_trials) * n_studies),
                              "tune_seconds": time.perf_counter() - t0}
         if self.storage is None:  # in memory: the trials, so that the studies can be rebuilt where they are logged
             self.diagnostics_["optuna"] = {"mode": self.mode, "sampler": self.sampler, "seed": int(self.seed),

@@ -48,7 +48,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cascade.tuners.base import register, threshold_bounds
+from cascade.tuners.base import SEED, Interval, Options, register, threshold_bounds
 from cascade.tuners.joint import DVineJoint, MarkovJoint
 from cascade.tuners.markov_copula import EndpointBetaMixture, MarkovCopulaTuner, fill_gaps
 
@@ -432,6 +432,13 @@ class CopulaTuner(MarkovCopulaTuner):
     :class:`~cascade.tuners.markov_copula.MarkovCopulaTuner` (same parameters) on this model's exact
     integrals, plus the model's parameters (``margin``, ``families``, ``criterion``, ``ties``,
     ``tie_share``, ``n_cells``, ``seed``)."""
+
+    # the lambda path's bounds come from MarkovCopulaTuner; the model's parameters:
+    parameter_constraints = {
+        "margin": Options(MARGINS), "families": Options(FAMILIES, many=True), "criterion": Options(CRITERIA),
+        "ties": Options(TIES), "tie_share": Interval(float, 0, 1), "n_cells": Interval(int, 2, 4096), "seed": SEED,
+        "correctness": Options(CORRECTNESS), "structure": Options(STRUCTURES),
+    }
 
     def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
                  lambda_max: float = 1000.0, stop_multiplier: float = 1.25, stop_reference: str = "cascade",

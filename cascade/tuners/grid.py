@@ -18,12 +18,13 @@ the fit takes under a second of CPU and ~0.3 GB.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
 from cascade.tuners.routing import pareto_mask
-from cascade.tuners.base import Tuner, register
+from cascade.tuners.base import Interval, Options, Tuner, register
 
 
 def grid_totals(confidence: np.ndarray, value: np.ndarray, cum_cost: np.ndarray, grids: list[np.ndarray]):
@@ -95,6 +96,19 @@ def pareto_candidates(cost: np.ndarray, error: np.ndarray, n_bins: int = 4096) -
 @register("grid")
 class GridSearchTuner(Tuner):
     """Grid search over ``n_quantiles`` training quantiles per threshold, Pareto-filtered on train."""
+
+    parameter_constraints = {"n_quantiles": Interval(int, 1, 10000), "eps": Interval(float, 0, 0.5, open="hi"),
+                             "score": Options(("labels", "calibrated"))}
+
+    @classmethod
+    def memory_need(cls, n, k, params=None):
+        """The grid's (levels + 1)^(k-1) cells, about six float64 arrays of them (the two difference arrays
+        and their totals, error, cost, the pre-filter's bins), plus the (2k-1) n flat indices and weights."""
+        p = {"n_quantiles": 40, "eps": 0.01, **(params or {})}
+        levels = max(1, math.ceil((1 - 2 * p["eps"]) * p["n_quantiles"]))
+        cells = float(levels + 1) ** (k - 1)
+        return (6 * cells + 2 * (2 * k - 1) * n) * 8.0, (
+            f"the grid has (n_quantiles + 1)^(k-1) = {cells:.3g} cells: lower n_quantiles or tune fewer models")
 
     def __init__(self, n_quantiles: int = 40, eps: float = 0.01, score: str = "labels"):
         self.n_quantiles = n_quantiles

@@ -24,12 +24,19 @@ import numpy as np
 import pandas as pd
 
 from cascade.data.records import CascadeData
-from cascade.tuners.base import Tuner, register
+from cascade.tuners.base import SEED, Interval, Tuner, register
 
 
 @register("margin")
 class MarginTuner(Tuner):
     """Offline margin sampling: quantile thresholds at ``n_rates`` escalation rates in [0, 1]."""
+
+    parameter_constraints = {"n_rates": Interval(int, 2, 100000), "seed": SEED}
+
+    @classmethod
+    def memory_need(cls, n, k, params=None):
+        n_rates = int((params or {}).get("n_rates", 41))
+        return 8.0 * (16 * n * k + 4 * n_rates * k), "lower n_rates"
 
     def __init__(self, n_rates: int = 41, seed: int = 0):
         self.n_rates = n_rates

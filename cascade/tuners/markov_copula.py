@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from scipy.special import betainc, betaln, digamma, expit, logit, xlog1py, xlogy
 
-from cascade.tuners.base import Tuner, register, threshold_bounds
+from cascade.tuners.base import LAMBDAS, Interval, Options, Tuner, register, threshold_bounds
 
 
 # --------------------------------------------------------------------------------------------
@@ -694,6 +694,22 @@ class MarkovCopulaTuner(Tuner):
     (default, the release's tabulated expectations, interpolated) or "exact" (closed form at every
     step); see docs/tuner.md for why the default is "table".
     """
+
+    parameter_constraints = {
+        "lambdas": LAMBDAS, "growth": Interval(float, 1, 1e6, open="lo"), "max_steps": Interval(int, 0, 10000),
+        "lambda_max": Interval(float, 0, 1e300, open="lo"), "stop_multiplier": Interval(float, 0, 1e6, open="lo"),
+        "stop_reference": Options(("cascade", "chain")), "reference_cost": Interval(float, 0, None, none=True),
+        "max_gap": Interval(float, 0, 1), "eps": Interval(float, 0, 0.5, open="hi"),
+        "start": Options(("midpoint", "warm")), "marginal_fit": Options(("mle", "em")),
+        "copula": Options(("gumbel", "independence")), "n_quad": Interval(int, 2, 4096),
+        "integration": Options(("exact", "table")),
+    }
+
+    @classmethod
+    def memory_need(cls, n, k, params=None):
+        n_quad = int((params or {}).get("n_quad", 48))
+        # the closed forms run on batches of up to 500 threshold vectors (fill_gaps) x n_quad nodes
+        return 8.0 * (16 * n * k + 8 * 500 * k * n_quad), "lower n_quad"
 
     def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
                  lambda_max: float = 1000.0, stop_multiplier: float = 1.25, stop_reference: str = "cascade",

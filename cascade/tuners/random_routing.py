@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from cascade.data.records import CascadeData
-from cascade.tuners.base import Tuner, register
+from cascade.tuners.base import SEED, Tuner, register
 
 
 def vertex_thresholds(k: int) -> list[np.ndarray]:
@@ -63,6 +63,8 @@ def escalation_to_answer_probs(k: int, stage: int, p: float) -> np.ndarray:
 class RandomRoutingTuner(Tuner):
     """Random routing. Curve points are the k single-model vertices (see module doc); ``n_points``
     extra points per segment are reported in ``diagnostics_['probabilities']`` for plotting only."""
+
+    parameter_constraints = {"seed": SEED}
 
     def __init__(self, seed: int = 0):
         self.seed = seed  # the curve is deterministic in expectation; kept for the common interface

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from jobs.commands.tune import MAX_CASCADES, MAX_CASCADES_HELP, check_cascade_count
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -58,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes for the sub-cascades (default: the CPU count, at most 2)")
     p.add_argument("--max-rows", type=int, default=12, help="rows of the printed answer table")
+    p.add_argument("--max-cascades", type=int, default=MAX_CASCADES, metavar="N", help=MAX_CASCADES_HELP)
     p.add_argument("--out", required=True, help="output folder (new, empty, or a previous select output)")
     g = p.add_argument_group("tracking (MLflow)")
     g.add_argument("--track", action=argparse.BooleanOptionalAction, default=False,
@@ -114,8 +117,11 @@ def run_select(args) -> int:
     else:
         cls = tune.get_method(args.method)
     params = cls.validate_params(params)
+    subs = select.subcascades_of(models)
+    count_line = check_cascade_count(len(subs), models, args.max_cascades,
+                                     "every ordered sub-cascade (single models included: 2^k - 1)")
     out = select.check_out(args.out)
-    outputs.cascade_folders(select.subcascades_of(models))  # refuse model names that cannot be folders, now
+    outputs.cascade_folders(subs)  # refuse model names that cannot be folders, now
     df = records.load(args.results, benchmark=args.benchmark)
     if df.empty:
         raise ValueError(f"benchmark {args.benchmark!r} has no records in {args.results}")
@@ -126,6 +132,12 @@ def run_select(args) -> int:
     signal = args.signal or _default_signal(df)
     if "seed" in cls.param_names() and "seed" not in params:
         params["seed"] = args.seed
+    if args.abstain_cost is None:  # the full chain needs the most: refused before any sub-cascade is tuned
+        from cascade.tuners.base import check_memory
+
+        n_train = int(((df["split"] == args.train_split) & (df["model"] == models[0])).sum())
+        check_memory(cls, n_train, len(models), params)
+    print(f"cascade select: {count_line}")
     if args.lambda_stop == "cheapest" and "reference_cost" in cls.param_names():
         train = df[(df["split"] == args.train_split) & df["model"].isin(models)]
         params.setdefault("stop_reference", "chain")

@@ -23,6 +23,22 @@ SIGNAL_HELP = choices.help_text(
 TRANSFORM_HELP = ("calibration transform of the signal: auto (the signal registry for conf_* columns, else the "
                   "values: all <= 0 -> one-sided answer log-probs, in [0, 1] -> identity; prints its choice), "
                   "one-sided (answer log-probs), two-sided (P(True) log-probs), identity (margins, scores)")
+#: Most cascades `--all-cascades` (and `cascade select`) tune unless --max-cascades says more: a chain of
+#: 8 models has 247 sub-cascades of length >= 2 (255 with single models), one of 10 has 1,013.
+MAX_CASCADES = 256
+MAX_CASCADES_HELP = (f"most cascades to tune (default {MAX_CASCADES}); a longer chain is refused with the count "
+                     "unless this is raised")
+
+
+def check_cascade_count(n: int, chain: list[str], limit: int, what: str) -> str:
+    """Refuse more than ``limit`` cascades (ValueError, exit 2, before any work); else the line that says
+    how many cascades the run tunes (printed by the caller once every check passed)."""
+    if limit < 1:
+        raise ValueError(f"--max-cascades {limit}: use 1 or more")
+    if n > limit:
+        raise ValueError(f"{what} of the {len(chain)}-model chain are {n:,} cascades, more than --max-cascades "
+                         f"{limit}; shorten --models or pass --max-cascades {n} to tune them all")
+    return f"tuning {n} cascade(s): {what} of the {len(chain)}-model chain"
 
 
 def register(sub) -> None:
@@ -35,7 +51,8 @@ def register(sub) -> None:
     p.add_argument("--models", required=True, help="the cascade in order, comma-separated: m1,m2,...")
     p.add_argument("--all-cascades", action="store_true",
                    help="treat --models as a chain and tune every ordered sub-sequence of length >= 2 "
-                        "(written to DIR/<cascade>/)")
+                        "(written to DIR/<cascade>/; 2^k - k - 1 of them, bounded by --max-cascades)")
+    p.add_argument("--max-cascades", type=int, default=MAX_CASCADES, metavar="N", help=MAX_CASCADES_HELP)
     p.add_argument("--method", default="markov-copula", metavar="METHOD",
                    help=choices.help_text("tuning method, one of: {m} (default %(default)s; "
                                           "`cascade list methods` describes them); several, comma-separated: "
@@ -175,6 +192,10 @@ def run_tune(args) -> int:
         cls = tune.get_method(args.method)
     params = cls.validate_params(outputs.parse_params(args.param))
     cascades = compare.cascades_of(models) if args.all_cascades else [models]
+    count_line = None
+    if args.all_cascades and not getattr(args, "_one_of_many", False):
+        count_line = check_cascade_count(len(cascades), models, getattr(args, "max_cascades", MAX_CASCADES),
+                                         "--all-cascades: every ordered sub-sequence of length >= 2")
     out = outputs.check_out(args.out, unit=not args.all_cascades)
     folders = outputs.cascade_folders(cascades) if args.all_cascades else [None]
     if args.all_cascades:
@@ -195,6 +216,12 @@ def run_tune(args) -> int:
     choice = tune.choose_transform(data, models=models, signal=signal, splits=(args.train_split, args.test_split),
                                    benchmark=args.benchmark, transform=args.transform, calibration=args.calibration)
     print(f"cascade tune: transform {choice.name} for {signal}: {choice.reason}", file=sys.stderr)
+    if abstain is None:  # the longest cascade needs the most: refused before any cascade is tuned
+        from cascade.tuners.base import check_memory
+
+        check_memory(cls, data[args.train_split].n, max(len(c) for c in cascades), params)
+    if count_line:
+        print(f"cascade tune: {count_line}")
     if "seed" in cls.param_names() and "seed" not in params:
         params["seed"] = args.seed
     if args.method in ("markov-copula", "copula") and args.lambda_stop == "cheapest":
@@ -271,9 +298,18 @@ def run_tune_many(args) -> int:
     for m in methods:  # unknown methods and parameters: refused before any work
         tune.get_method(m)
     params = _split_method_params(args.param, methods)
+    if args.all_cascades:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        n = len(compare.cascades_of(models))
+        line = check_cascade_count(n * len(methods), models, getattr(args, "max_cascades", MAX_CASCADES),
+                                   f"--all-cascades: {len(methods)} methods x {n} ordered sub-sequences of length >= 2")
+    else:
+        line = None
     out = outputs.check_out(args.out, unit=False)
     for m in methods:
         outputs.check_out(out / m, unit=not args.all_cascades)
+    if line:
+        print(f"cascade tune: {line}")
     for m in methods:
         a = copy.copy(args)
         a.method, a.out, a.track, a.param = m, str(out / m), False, params[m]
