@@ -3,7 +3,9 @@
 Each command module defines ``register(subparsers)``, which adds its parser and sets
 ``func(args) -> int`` as the default. Errors a user can fix (bad input, bad config) are raised as
 :class:`cascade.errors.UserError` or ``ValueError`` subclasses (``RecordsError`` is one) and printed as
-one line, exit status 2.
+one line, exit status 2. Ctrl-C (SIGINT) ends any command with one line saying what is kept, exit status
+130 (:func:`interrupted`): outputs are only ever installed whole (a tune or select folder, a records shard,
+a sweep cell), and MLflow runs in progress are ended KILLED by ``tracking``.
 
 This module imports nothing heavy (no pandas, pyarrow, scipy, cascade.data ...): command modules keep
 such imports inside their functions, so ``cascade --help`` starts fast.
@@ -29,6 +31,21 @@ OPTIONAL_COMMANDS = [
     "jobs.commands.sweep",  # cascade sweep
     "jobs.commands.log",  # cascade log
 ]
+
+
+#: What an interrupted command leaves, by command (the default: nothing partial).
+_KEPT_ON_INTERRUPT = {
+    "score": "the shards finished so far are kept; rerun the same command to score the rest",
+    "sweep": "finished cells are kept; rerun the same command to run the rest",
+    "study": "nothing partial is left; rerun the command",
+}
+
+
+def interrupted(command: str) -> int:
+    """The one line of a command stopped by Ctrl-C (SIGINT) on stderr; returns its exit status, 130."""
+    kept = _KEPT_ON_INTERRUPT.get(command, "no partial output is left (outputs are installed whole or not at all)")
+    print(f"cascade {command}: interrupted (Ctrl-C); {kept}", file=sys.stderr)
+    return 130
 
 
 def version() -> str:
@@ -98,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return interrupted(args.command)
     except (UserError, ValueError, FileNotFoundError) as e:  # RecordsError, ConfigError: ValueError subclasses
         print(f"cascade {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -110,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
-__all__ = ["COMMANDS", "OPTIONAL_COMMANDS", "UserError", "build_parser", "main", "version"]
+__all__ = ["COMMANDS", "OPTIONAL_COMMANDS", "UserError", "build_parser", "interrupted", "main", "version"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -364,7 +364,12 @@ def _run_cells(args, todo, experiment, uri, parent_id, out_root, claims, counts,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(args, "sweep")
+    try:
+        return run_cli(args, "sweep")
+    except KeyboardInterrupt:
+        from jobs.cli import interrupted
+
+        return interrupted("sweep")
 
 
 def run_cli(args, prog: str) -> int:

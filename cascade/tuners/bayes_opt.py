@@ -28,6 +28,9 @@ Pareto front stops improving noticeably after ~100 TPE trials, while the protoco
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import time
 
 import numpy as np
@@ -73,6 +76,35 @@ def rebuild_trials(export: dict) -> list:
             params=dict(zip(names, row[:p])), distributions=dists, values=row[p:p + n_values],
             user_attrs=dict(zip(attrs, row[p + n_values:]))))
     return out
+
+
+class _DropInterruptedTrial(logging.Filter):
+    """Drops Optuna's two warnings (one with the traceback) about the trial that Ctrl-C stopped: the
+    KeyboardInterrupt goes on to the command, which ends in one line (jobs/cli.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trials: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = re.match(r"Trial (\d+) failed", record.getMessage())
+        if m is None:
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.trials.add(m[1])
+            return False
+        return m[1] not in self.trials
+
+
+@contextlib.contextmanager
+def _quiet_interrupts():
+    log = logging.getLogger("optuna.study._optimize")
+    f = _DropInterruptedTrial()
+    log.addFilter(f)
+    try:
+        yield
+    finally:
+        log.removeFilter(f)
 
 
 def _train_score(t, data: CascadeData, cum_cost: np.ndarray) -> tuple[float, float]:
@@ -157,7 +189,8 @@ class BayesOptTuner(Tuner):
                 return _train_score(suggest(trial), train, cum_cost)
 
             before = len(study.trials)
-            study.optimize(objective, n_trials=int(self.n_trials), timeout=left())
+            with _quiet_interrupts():
+                study.optimize(objective, n_trials=int(self.n_trials), timeout=left())
             n_run += len(study.trials) - before
             exported = [export_study(study, names, bounds, metric_names=["train_error", "train_cost"])]
             for tr in study.trials:
@@ -183,7 +216,8 @@ class BayesOptTuner(Tuner):
                     return e + lam * c
 
                 before = len(study.trials)
-                study.optimize(objective, n_trials=int(self.n_trials), timeout=left())
+                with _quiet_interrupts():
+                    study.optimize(objective, n_trials=int(self.n_trials), timeout=left())
                 n_run += len(study.trials) - before
                 exported.append(export_study(study, names, bounds, name=f"lambda={float(lam):g}",
                                              metric_names=["train_error + lambda * train_cost"],
