@@ -138,6 +138,81 @@ def _serve(cmd: list[str], ready_url: str, log_path: Path, timeout: float, what:
         log.close()
 
 
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def journey(chromium: str, base: str, experiment: str, parent_name: str, out: Path, size: str,
+            budget: float | None = None, timeout_ms: int = 180_000) -> dict:
+    """What a new user does, in a fresh Chromium profile driven by Playwright: MLflow's home page, a click on the
+    experiment (where does it land?), a click on the parent run (its description: the answer table), the
+    Artifacts tab, report.html, a budget picked in the report (the answer read back). Screenshots
+    ``journey_*.png``; returns what it saw and the clicks each step took."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    w, h = (int(v) for v in size.split(","))
+    seen: dict = {"clicks": {}}
+    clicks = 0
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=chromium, args=CHROMIUM_ARGS,
+                                                   headless=True, viewport={"width": w, "height": h})
+        ctx.set_default_timeout(timeout_ms)
+        page = ctx.new_page()
+        page.goto(base + "/")
+        page.get_by_role("link", name=experiment).first.wait_for()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "journey_1_home.png"))
+        page.get_by_role("link", name=experiment).first.click()
+        clicks += 1
+        page.wait_for_url("**/experiments/*/**")
+        page.wait_for_timeout(4000)
+        seen["landed_url"] = page.url
+        seen["landed_on"] = ("runs table" if "/runs" in page.url else "GenAI overview" if "overview" in page.url
+                             else page.url)
+        page.screenshot(path=str(out / "journey_2_landing.png"))
+        seen["clicks"]["see the runs"] = clicks
+        page.get_by_text(parent_name, exact=True).first.click()
+        clicks += 1
+        page.wait_for_url("**/runs/*")
+        page.wait_for_timeout(4000)
+        page.screenshot(path=str(out / "journey_3_parent_run.png"), full_page=True)
+        seen["clicks"]["read the answer table (parent's description)"] = clicks
+        page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
+        clicks += 1
+        page.get_by_text("report.html", exact=True).first.click()
+        clicks += 1
+        page.wait_for_timeout(5000)
+        frame = None
+        for f in page.frames:
+            try:
+                if f.locator("#budget").count():
+                    frame = f
+                    break
+            except Exception:  # noqa: BLE001 - a frame that went away
+                continue
+        if frame is None:
+            page.screenshot(path=str(out / "journey_4_report.png"))
+            seen["report"] = "report.html did not render in the artifact viewer"
+            ctx.close()
+            return seen
+        page.screenshot(path=str(out / "journey_4_report.png"))
+        seen["clicks"]["open the interactive report"] = clicks
+        options = frame.locator("#budget option").all_inner_texts()
+        pick = f"{budget:g}" if budget is not None else options[len(options) // 2]
+        frame.locator("#budget").select_option(pick)
+        clicks += 1
+        frame.locator("#answer-line").wait_for()
+        seen["budget"] = pick
+        seen["answer"] = frame.locator("#answer").inner_text()
+        seen["clicks"]["the answer at a chosen budget"] = clicks
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(out / "journey_5_answer.png"))
+        ctx.close()
+    return seen
+
+
 def optuna_shot(chromium: str, tracking_uri: str, out: Path, size: str, wait_ms: int) -> int:
     """optuna-dashboard on the Optuna storage beside the store, screenshot of its newest study."""
     import optuna
@@ -172,7 +247,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI")
                     or f"sqlite:///{ROOT / 'mlflow.db'}")
-    ap.add_argument("--experiment", default="cascade-eval-demo")
+    ap.add_argument("--experiment", default="cascade-eval-demo-medmcqa")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="the budget (USD per million queries) to pick in the report (default: the middle one)")
+    ap.add_argument("--no-journey", action="store_true", help="skip the clicked journey (direct links only)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "ui-screenshots"))
     ap.add_argument("--size", default="1600,1000", help="window size W,H")
     ap.add_argument("--wait-ms", type=int, default=20000, help="virtual time the page gets to render")
@@ -187,18 +265,24 @@ def main(argv=None) -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    with _serve([str(mlflow_bin), "ui", "--app-name", "cascade", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port",
-                 str(port), "--workers", "1"], f"{base}/health", out / "mlflow-ui.log", 300, "mlflow ui") as up:
+    with _serve([str(mlflow_bin), "ui", "--app-name", "cascade", "--backend-store-uri", args.tracking_uri,
+                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], f"{base}/health",
+                 out / "mlflow-ui.log", 300, "mlflow ui") as up:
         if not up:
             return 3
         exp = _api(base, "experiments/get-by-name", query=f"experiment_name={args.experiment}")["experiment"]
         exp_id = exp["experiment_id"]
-        parents = (_search(base, exp_id, "tags.`cascade.comparison` = 'true'")
+        parents = (_search(base, exp_id, "tags.`cascade.comparison` = 'true' and tags.`cascade.kind` = 'parent'")
                    or _search(base, exp_id, "tags.`cascade.kind` = 'parent'"))
         if not parents:
             print(f"ui_screenshots: experiment {args.experiment!r} has no parent run", file=sys.stderr)
             return 2
         parent = parents[0]["info"]["run_id"]
+        if not args.no_journey:
+            seen = journey(chromium, base, args.experiment, parents[0]["info"]["run_name"], out, args.size,
+                           args.budget)
+            (out / "journey.json").write_text(json.dumps(seen, indent=2))
+            print(json.dumps(seen, indent=2))
         study = _tags(parents[0]).get("cascade.study") == "true"
         kind = "study" if study else "tune"
         children = _search(base, exp_id, f"tags.`mlflow.parentRunId` = '{parent}' and tags.`cascade.kind` = '{kind}'")

@@ -3,19 +3,19 @@
 1. Score an MMLU slice (``examples/score-mmlu-tiny.yaml``: 50 test + 40 dev questions) with the two real
    tiny models (SmolLM2-135M-Instruct and Gemma-3-270M, transformers on CPU) as Ray actor stages on a
    local Ray instance. A rerun skips finished shards.
-2. Tune every method on those records (markov-copula, grid, bayes-opt, random on the mean answer-token
-   log-prob; margin on the first token's top-2 margin) and on the shipped example results
-   (``examples/medmcqa-llama.parquet``: 9 large models' real results, every cascade of the llama chain).
-3. Log everything to the local MLflow store (``sqlite:///<repo>/mlflow.db`` unless
-   ``MLFLOW_TRACKING_URI`` / ``--tracking-uri`` says otherwise): one parent run, a nested scoring run
-   and a nested run per (records, cascade, method) with metrics, curve, plot and data lineage.
-4. Print the comparison table (AUC % change against bayes-opt per cascade length, paired Wilcoxon) and
-   how to open the MLflow UI.
-5. End with the answer for the example results (``cascade select``, docs/select.md): every sub-cascade of
-   the llama chain (single models included), the train-side frontier measured on test, as one table of
-   budget ranges -> cascade -> test error and cost, next to the baselines. Written to
-   ``<scoring out>/../select-medmcqa`` and logged as a nested run of the demo's parent (its sub-cascade
-   curves are not logged again: step 2 logged markov-copula on every one of these cascades).
+2. Per benchmark (the tiny-model MMLU records; the shipped example results ``examples/medmcqa-llama.parquet``,
+   9 large models' real MedMCQA results, its llama chain): ``cascade select --method
+   markov-copula,grid,bayes-opt,random`` (every sub-cascade of the chain tuned with each method, single
+   models included; one train-side frontier over all methods; the answer at each of the benchmark's absolute
+   budgets: method, cascade, thresholds, predicted and test error and cost), plus margin on the tiny pair.
+   Written to ``<scoring out>/../select-<benchmark>`` (``report.html`` in it: the interactive answer).
+3. Log it to the local MLflow store (``sqlite:///<repo>/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` /
+   ``--tracking-uri`` says otherwise), one experiment per benchmark (``<experiment>-mmlu``,
+   ``<experiment>-medmcqa``): a parent run ``demo | <benchmark> | answer over 4 methods`` whose description
+   is the answer table and which holds ``report.html``, the comparison tables and plots; under it one
+   selection run per method, under each its sub-cascade tuning runs (and the scoring run on MMLU's).
+4. Print the comparison table (AUC % change against bayes-opt per cascade length, one-sided paired
+   Wilcoxon), the answer per budget for each benchmark, and how to open the MLflow UI.
 
 The learned ``scorer``/``router`` baselines need per-query text features; see docs/baselines.md.
 """
@@ -34,7 +34,7 @@ import pandas as pd
 from cascade.data import records
 from cascade.evaluate import curves as evaluate
 from cascade.evaluate import tuning as tune
-from cascade.evaluate.compare import cascades_of, summarize_by_length
+from cascade.evaluate.compare import summarize_by_length
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORE_CONFIG = ROOT / "examples" / "score-mmlu-tiny.yaml"
@@ -43,32 +43,6 @@ LLAMA_CHAIN = ["llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b", "lla
 TINY_CHAIN = ["smollm2-135m", "gemma3-270m"]
 METHODS = ["markov-copula", "grid", "bayes-opt", "random"]
 REFERENCE = "bayes-opt"
-
-
-def _tune_all(df: pd.DataFrame, label: str, chain: list[str], methods: list[str], signal: str, benchmark: str,
-              records_path: Path, parent_id: str | None, tracking, progress: bool, extra: dict | None = None) -> list[dict]:
-    from tqdm import tqdm
-
-    jobs = [(casc, m) for casc in cascades_of(chain) for m in methods]
-    extra = extra or {}
-    rows = []
-    bar = tqdm(jobs, desc=f"tune {label}", unit="fit", disable=not progress, file=sys.stdout)
-    for casc, method in bar:
-        sig = extra.get(method, {}).get("signal", signal)
-        params = {k: v for k, v in extra.get(method, {}).items() if k != "signal"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = tune.run_tuning(df, models=casc, method=method, benchmark=benchmark, signal=sig, params=params)
-        run_id = None
-        if tracking is not None:
-            run_id = tracking.log_tune(res.curve, res.summary, cascade=casc, method=method,
-                                       params=res.summary.get("params"), records_path=records_path, records_df=df,
-                                       parent_run_id=parent_id, tags={"cascade.demo_records": label})
-        rows.append({"records": label, "cascade": " -> ".join(casc), "k": len(casc), "method": method,
-                     "test_cost": res.curve["test_cost"].to_numpy(), "test_error": res.curve["test_error"].to_numpy(),
-                     "test_auc_own": res.summary["test_auc"], "seconds": res.summary["seconds"], "run_id": run_id,
-                     "degenerate": list(res.summary.get("degenerate") or [])})
-    return rows
 
 
 def shared_comparison(rows: list[dict], tracking) -> tuple[pd.DataFrame, dict]:
@@ -112,13 +86,14 @@ def comparison(rows: list[dict], reference: str = REFERENCE) -> tuple[pd.DataFra
                     "auc_ref": cmp.auc_b, "pct_change": cmp.pct_change})
     per = pd.DataFrame(per)
     summ = []
-    shown = {"2": "k=2", ">=3": "k>=3", "all": "all"}  # the one per-length rule of cascade.evaluate.compare
+    # the one per-length rule of cascade.evaluate.compare: k>=3 is the mean of the per-length means, all the plain mean
+    shown = {"2": "k=2", ">=3": "k>=3 (mean of per-k means)", "all": "all (plain mean)"}
     for (label, method), g in per.groupby(["records", "method"], sort=False):
         for _, row in summarize_by_length(g).iterrows():
             if row["k"] in shown:
                 summ.append({"records": label, "method": method, "cascades": shown[row["k"]],
-                             "n": int(row["n_cascades"]), "mean_%_vs_" + reference: row["mean_pct_change"],
-                             "wilcoxon_p": row["wilcoxon_p"]})
+                             "n_cascades": int(row["n_cascades"]), "mean_%_vs_" + reference: row["mean_pct_change"],
+                             "wilcoxon_p_one_sided": row["wilcoxon_p"]})
     return per, pd.DataFrame(summ)
 
 
@@ -172,107 +147,171 @@ def main(argv: list[str] | None = None) -> int:
     acc = tiny[tiny.split == "test"].groupby("model")["correct"].mean()
     print("      test accuracy: " + ", ".join(f"{m} {a:.1%}" for m, a in acc.items()), flush=True)
 
-    # 2 + 3. tune and log
-    parent_id = None
-    ctx = None
+    # 2 + 3. tune, select and log: one experiment per benchmark (a group mean never mixes two benchmarks)
+    from cascade.evaluate import answer
+
+    tiny_chain = [st.name for st in cfg.stages]
+    chain = LLAMA_CHAIN[:args.max_chain]
+    exp_tiny, exp_med = f"{args.experiment}-{bench}", f"{args.experiment}-medmcqa"
+    for m in ("scorer", "router"):
+        try:
+            from cascade.tuners.learned import load_encoder
+
+            load_encoder()
+            print(f"      {m}: text encoder available, but the demo does not run the learned baselines "
+                  "(they need per-query text features: `cascade study`, docs/baselines.md)", flush=True)
+        except ImportError:
+            print(f"      {m}: skipped (optional text deps missing: pip install 'cascade-eval[text]')", flush=True)
+    print(f"[2/4] {bench} (tiny models): tuning {len(METHODS) + 1} methods on {' -> '.join(tiny_chain)}, selecting "
+          f"per budget over {len(METHODS)} methods", flush=True)
+    tiny_label = f"{bench} (tiny models)"
+    scoring = ("score", stats, args.config)
+    med_rows, med_answer, med_parent = [], None, None
     try:
-        if tracking is not None:
-            parent_ctx = tracking.parent_run(args.experiment, "demo", uri=args.tracking_uri,
-                                             params={"score_config": str(Path(args.config).resolve()),
-                                                     "example_results": str(EXAMPLE_RESULTS),
-                                                     "methods": METHODS + ["margin"], "reference": REFERENCE})
-            parent_id = parent_ctx.__enter__().info.run_id
-            ctx = parent_ctx
-            tracking.log_scoring(stats, config=stats["config"], config_path=args.config, parent_run_id=parent_id)
-        print(f"[2/4] tuning {len(METHODS) + 1} methods on the tiny-model records and {len(METHODS)} methods on "
-              f"every cascade of {args.max_chain} example models", flush=True)
-        for m in ("scorer", "router"):
-            try:
-                from cascade.tuners.learned import load_encoder
-
-                load_encoder()
-                print(f"      {m}: text encoder available, but the demo does not run the learned baselines "
-                      "(they need per-query text features: `cascade study`, docs/baselines.md)", flush=True)
-            except ImportError:
-                print(f"      {m}: skipped (optional text deps missing: pip install 'cascade-eval[text]')", flush=True)
-        tiny_chain = [st.name for st in cfg.stages]
-        rows = _tune_all(tiny, f"{bench} (tiny models)", tiny_chain, METHODS + ["margin"], "conf_mean_logprob", bench,
-                         Path(stats["out_dir"]), parent_id, tracking, progress,
-                         extra={"margin": {"signal": "conf_top2_margin"}})
+        tiny_rows, tiny_answer, tiny_parent = _demo_benchmark(
+            tiny, tiny_label, bench, tiny_chain, "conf_mean_logprob", Path(stats["out_dir"]),
+            Path(stats["out_dir"]).resolve().parent / f"select-{bench}", exp_tiny, args, tracking, progress,
+            extra_tune={"margin": {"signal": "conf_top2_margin"}}, scoring=scoring)
         example = records.load(EXAMPLE_RESULTS)
-        rows += _tune_all(example, "medmcqa (example results)", LLAMA_CHAIN[:args.max_chain], METHODS, "confidence",
-                          "medmcqa", EXAMPLE_RESULTS, parent_id, tracking, progress)
-        # 5. which models, in which order, per budget: every sub-cascade of the example chain
-        from cascade.evaluate import select
-
-        selection, select_out = None, None
         if args.max_chain >= 2:
-            print(f"[3/4] selecting among the {2 ** args.max_chain - 1} sub-cascades of {args.max_chain} example "
-                  "models (cascade select)", flush=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                selection = select.run_selection(example, models=LLAMA_CHAIN[:args.max_chain], benchmark="medmcqa",
-                                                 jobs=2)
-            select_out = select.write_selection(selection, Path(stats["out_dir"]).resolve().parent / "select-medmcqa")
-            if tracking is not None:
-                from tracking.select import log_selection
-
-                log_selection(select_out, experiment=args.experiment, uri=args.tracking_uri,
-                              records_path=EXAMPLE_RESULTS, records_df=example, parent_run_id=parent_id,
-                              children=False)
-        per, summ = comparison(rows)
-        if tracking is not None:
-            metrics = {}
-            for _, r in summ.iterrows():
-                key = f"{r['records'].split()[0]}.{r['method']}.{r['cascades']}.mean_pct_vs_{REFERENCE}"
-                metrics[key.replace(">=", "ge").replace("=", "")] = r["mean_%_vs_" + REFERENCE]
-            table, figures = shared_comparison(rows, tracking)
-            tracking.log_summary(tables={"comparison_per_cascade.json": per, "comparison_summary.json": summ,
-                                         "comparison_table.json": table},
-                                 metrics=metrics, figures=figures,
-                                 tags={"cascade.comparison": "true",
-                                       "cascade.n_degenerate": str(int(table["degenerate"].sum()))})
+            print(f"[3/4] medmcqa (example results): selecting among the {2 ** args.max_chain - 1} sub-cascades of "
+                  f"{args.max_chain} models with each of {len(METHODS)} methods (cascade select --method "
+                  f"{','.join(METHODS)})", flush=True)
+            med_rows, med_answer, med_parent = _demo_benchmark(
+                example, "medmcqa (example results)", "medmcqa", chain, "confidence", EXAMPLE_RESULTS,
+                Path(stats["out_dir"]).resolve().parent / "select-medmcqa", exp_med, args, tracking, progress)
     except BaseException as e:
-        if ctx is not None:
-            ctx.__exit__(*sys.exc_info())  # the parent run ends FAILED; the first error is the one raised
         if tracking is not None and isinstance(e, tracking.TrackingUnavailable):
             e.kept = stats["out_dir"]  # the scored records; the tuning reruns in a minute or two
             e.log_command = f"cascade log {stats['out_dir']}"
         raise
-    if ctx is not None:
-        ctx.__exit__(None, None, None)
+    rows = tiny_rows + med_rows
+    per, summ = comparison(rows)
 
     # 4. report
     pd.set_option("display.width", 160)
-    print("\n[4/4] AUC (mean test error over the shared cost range) % change against "
-          f"{REFERENCE}; negative = better than {REFERENCE}; one-sided paired Wilcoxon")
-    shown = summ.copy()
-    pct_col = [c for c in shown.columns if c.startswith("mean_%")][0]
-    shown[pct_col] = shown[pct_col].map(lambda v: f"{v:+.3f}")
-    shown["wilcoxon_p"] = shown["wilcoxon_p"].map(lambda v: "n/a" if not np.isfinite(v) else f"{v:.2g}")
-    print(shown.to_string(index=False))
+    print("\n[4/4] AUC (mean test error over the cost range both curves cover) % change against "
+          f"{REFERENCE}; negative = better than {REFERENCE}; k>=3 = mean of the per-length means, all = plain "
+          "mean over cascades; wilcoxon_p_one_sided: H1 = the method's AUC is lower")
+    print(format_summary(summ, rows).to_string(index=False))
     tiny_per = per[per.records.str.contains("tiny")]
     if not tiny_per.empty:
         print("\ntiny-model cascade (both models are near chance on MMLU, so this proves the plumbing, not the science):")
         print(tiny_per[["cascade", "method", "auc", "auc_ref", "pct_change"]].to_string(
             index=False, float_format=lambda v: f"{v:.4f}"))
-    if selection is not None:
-        print(f"\nthe answer for the example results: which models, in which order, per budget ({select_out}):")
-        print(select.format_frontier_table(
-            selection.frontier, comparison=selection.comparison,
-            title=f"medmcqa, {len(selection.subcascades)} sub-cascades of {' > '.join(selection.chain)}, "
-                  "markov-copula, chosen on train"))
+    for ma, where in ((tiny_answer, f"select-{bench}"), (med_answer, "select-medmcqa")):
+        if ma is not None:
+            print(f"\nthe answer for {ma.benchmark}: which method, which models in which order, per budget "
+                  f"({Path(stats['out_dir']).resolve().parent / where}):")
+            print(answer.format_answer(ma.answer))
     print(f"\ndone in {time.perf_counter() - t_start:.0f}s")
     if tracking is not None:
         uri = tracking.tracking_uri(args.tracking_uri)
-        print(f"MLflow: experiment {args.experiment!r}, parent run {parent_id} with "
-              f"{len(rows) + 1 + (selection is not None)} nested runs (scoring, tuning, selection), in {uri}")
+        print(f"MLflow: experiments {exp_tiny!r} (parent run {tiny_parent}) and {exp_med!r} (parent run "
+              f"{med_parent}) in {uri}; each parent's description holds the answer table, its report.html the "
+              "interactive answer")
         if uri.startswith("sqlite:///"):
             print(f"open the UI:  {ROOT / '.venv' / 'bin' / 'mlflow'} ui --app-name cascade --backend-store-uri {uri} "
                   "--port 5000   then browse http://127.0.0.1:5000 (experiments open on their runs table)")
         else:
             print(f"open the UI:  {uri}")
     return 0
+
+
+def _demo_benchmark(df: pd.DataFrame, label: str, benchmark: str, chain: list[str], signal: str, records_path: Path,
+                    select_out: Path, experiment: str, args, tracking, progress: bool, extra_tune: dict | None = None,
+                    scoring: tuple | None = None):
+    """One benchmark of the demo: a selection per method over every sub-cascade of ``chain`` (the answer per
+    budget), extra methods tuned on the full chain only (``extra_tune``), all logged under one parent run of
+    ``experiment`` (the answer's run: its description and report.html). Returns (comparison rows, answer,
+    parent run id)."""
+    from cascade.evaluate import answer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ma = answer.select_methods(df, models=chain, methods=METHODS, benchmark=benchmark, signal=signal, jobs=2)
+    title = (f"{benchmark}: the answer per budget over {', '.join(METHODS)} "
+             f"({len(ma.selections[METHODS[0]].subcascades)} sub-cascades of {' > '.join(chain)} each)")
+    answer.write_methods(ma, select_out, title)
+    rows = []
+    for method, sel in ma.selections.items():  # the comparison: every cascade (k >= 2) of the chain
+        for s in sel.subcascades:
+            if len(s.models) > 1:
+                rows.append(_row(label, s.models, method, s.curve, s.summary))
+    extra_res = []
+    for method, opts in (extra_tune or {}).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = tune.run_tuning(df, models=chain, method=method, benchmark=benchmark,
+                                  signal=opts.get("signal", signal))
+        extra_res.append((method, res))
+        rows.append(_row(label, chain, method, res.curve, res.summary))
+    if tracking is None:
+        return rows, ma, None
+    from tracking.select import log_methods
+
+    parent = log_methods(select_out, experiment=experiment, uri=args.tracking_uri, records_path=records_path,
+                         records_df=df, run_name=f"demo | {benchmark} | answer over {len(METHODS)} methods",
+                         children=True)
+    ids = tune_run_ids(tracking, experiment, parent, args.tracking_uri)
+    for r in rows:
+        r["run_id"] = ids.get((r["method"], r["cascade"]))
+    with tracking.parent_run(experiment, "demo", uri=args.tracking_uri, run_id=parent) as run:
+        if scoring is not None:
+            _, stats, config = scoring
+            tracking.log_scoring(stats, config=stats["config"], config_path=config, parent_run_id=run.info.run_id)
+        for (method, res), r in zip(extra_res, rows[-len(extra_res):] if extra_res else []):
+            r["run_id"] = tracking.log_tune(res.curve, res.summary, cascade=chain, method=method,
+                                            params=res.summary.get("params"), records_path=records_path,
+                                            records_df=df, parent_run_id=run.info.run_id,
+                                            tags={"cascade.demo_records": label})
+        per, summ = comparison(rows)
+        table, figures = shared_comparison(rows, tracking)
+        metrics = {}
+        for _, r in summ.iterrows():
+            if np.isfinite(r["mean_%_vs_" + REFERENCE]):
+                k = r["cascades"].split(" ")[0].replace(">=", "ge").replace("=", "")
+                metrics[f"auc_change_pct_vs_{REFERENCE}.{r['method']}.{k}"] = r["mean_%_vs_" + REFERENCE]
+        tracking.log_summary(tables={"comparison_per_cascade.json": per, "comparison_summary.json": summ,
+                                     "comparison_table.json": table},
+                             metrics=metrics, figures=figures, run_id=run.info.run_id,
+                             tags={"cascade.comparison": "true", "cascade.demo": "true",
+                                   "cascade.n_degenerate": str(int(table["degenerate"].sum()))})
+    return rows, ma, parent
+
+
+def tune_run_ids(tracking, experiment: str, answer_run: str, uri) -> dict:
+    """(method, cascade) -> the id of the sub-cascade tuning run logged under the answer run's selections."""
+    from tracking.mlflow_log import _search
+
+    sels = _search(experiment, f"tags.`mlflow.parentRunId` = '{answer_run}'", uri, max_results=100)
+    out = {}
+    for s in sels:
+        for r in _search(experiment, f"tags.`cascade.select_parent` = '{s.info.run_id}'", uri, max_results=1000):
+            out[(r.data.tags.get("cascade.method"), r.data.tags.get("cascade.cascade"))] = r.info.run_id
+    return out
+
+
+def _row(label: str, models, method: str, curve: pd.DataFrame, summary: dict) -> dict:
+    return {"records": label, "cascade": " -> ".join(models), "k": len(models), "method": method,
+            "test_cost": curve["test_cost"].to_numpy(), "test_error": curve["test_error"].to_numpy(),
+            "test_auc_own": summary.get("test_auc"), "seconds": summary.get("seconds"), "run_id": None,
+            "degenerate": list(summary.get("degenerate") or [])}
+
+
+def format_summary(summ: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
+    """The headline table as printed: a % change that cannot be computed says why instead of '+nan'."""
+    shown = summ.copy()
+    col = "mean_%_vs_" + REFERENCE
+    why = {}
+    for r in rows:
+        if r["degenerate"]:
+            why.setdefault((r["records"], r["method"]), f"n/a: degenerate fit ({r['degenerate'][0][:50]})")
+    shown[col] = [f"{v:+.3f}" if np.isfinite(v) else why.get((rec, m), "n/a: no shared cost range")
+                  for v, rec, m in zip(shown[col], shown["records"], shown["method"])]
+    shown["wilcoxon_p_one_sided"] = shown["wilcoxon_p_one_sided"].map(
+        lambda v: "n/a" if not np.isfinite(v) else f"{v:.2g}")
+    return shown
 
 
 def cli(argv: list[str] | None = None) -> int:

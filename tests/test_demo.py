@@ -28,7 +28,7 @@ def test_comparison_table_against_reference():
     assert set(per["method"]) == {"markov-copula"}
     got = per.set_index("cascade")["pct_change"]
     assert got["a -> b"] == pytest.approx(-10.0, abs=1e-6) and got["a -> b -> c"] == pytest.approx(0.0, abs=1e-9)
-    assert set(summ["cascades"]) == {"k=2", "k>=3", "all"}
+    assert set(summ["cascades"]) == {"k=2", "k>=3 (mean of per-k means)", "all (plain mean)"}
 
 
 @pytest.mark.slow
@@ -42,15 +42,22 @@ def test_demo_smoke(tmp_path, capsys, monkeypatch):
                     "--tracking-uri", uri, "--experiment", "demo-smoke"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "AUC" in out and "mlflow ui --backend-store-uri" in out
+    assert "AUC" in out and "mlflow ui --app-name cascade --backend-store-uri" in out
+    assert "+nan" not in out
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("demo-smoke")
-    runs = client.search_runs([exp.experiment_id])
-    kinds = [r.data.tags.get("cascade.kind") for r in runs]
-    # parent, scoring, 5 methods on the tiny pair, 4 methods on the one example cascade
-    assert kinds.count("parent") == 1 and kinds.count("score") == 1 and kinds.count("tune") == 9
+    for bench, n_score in (("mmlu", 1), ("medmcqa", 0)):
+        exp = client.get_experiment_by_name(f"demo-smoke-{bench}")  # one experiment per benchmark
+        runs = client.search_runs([exp.experiment_id], max_results=500)
+        kinds = [r.data.tags.get("cascade.kind") for r in runs]
+        # the answer's parent, 4 selection runs (one per method) with 3 sub-cascades each (+ margin on mmlu)
+        assert kinds.count("parent") == 1 and kinds.count("score") == n_score and kinds.count("select") == 4
+        assert kinds.count("tune") == 12 + n_score
+        assert {r.data.tags.get("cascade.benchmark") for r in runs if r.data.tags.get("cascade.kind") == "tune"} == {bench}
+        (parent,) = [r for r in runs if r.data.tags.get("cascade.kind") == "parent"]
+        assert "| budget (USD/1M q) |" in parent.data.tags["mlflow.note.content"]
+        assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_comparison_k_ge_3_is_the_mean_of_per_length_means():
@@ -63,7 +70,7 @@ def test_comparison_k_ge_3_is_the_mean_of_per_length_means():
                  _row("r", casc, "grid", [v * (1 + pct / 100) for v in ref])]
     per, summ = demo.comparison(rows, reference="bayes-opt")
     got = summ.set_index("cascades")["mean_%_vs_bayes-opt"]
-    assert got["k>=3"] == pytest.approx((-20.0 + 0.0) / 2, abs=1e-6)  # not the plain mean -15
-    assert got["all"] == pytest.approx(-70.0 / 5, abs=1e-6)
+    assert got["k>=3 (mean of per-k means)"] == pytest.approx((-20.0 + 0.0) / 2, abs=1e-6)  # not the plain mean -15
+    assert got["all (plain mean)"] == pytest.approx(-70.0 / 5, abs=1e-6)
     assert got["k=2"] == pytest.approx(-10.0, abs=1e-6)
-    assert summ.set_index("cascades")["n"]["k>=3"] == 4
+    assert summ.set_index("cascades")["n_cascades"]["k>=3 (mean of per-k means)"] == 4

@@ -197,17 +197,21 @@ def test_demo_logs_shared_metrics_and_the_parent_comparison(tmp_path, monkeypatc
     assert demo.main(["--limit", "8", "--out", str(tmp_path / "scored"), "--max-chain", "2", "--no-progress",
                       "--tracking-uri", uri, "--experiment", "demo-ui"]) == 0
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("demo-ui")
-    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    runs = client.search_runs([exp.experiment_id])
-    # the demo's method comparisons (its selection's sub-cascade runs are one method each: nothing to share)
-    tunes = [r for r in runs if r.data.tags.get("cascade.kind") == "tune" and "cascade.demo_records" in r.data.tags]
+    runs = []
+    for bench in ("mmlu", "medmcqa"):  # one experiment per benchmark
+        exp = client.get_experiment_by_name(f"demo-ui-{bench}")
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+        runs += client.search_runs([exp.experiment_id], max_results=500)
+    # the demo's method comparisons: every cascade of k >= 2 (the tiny pair x 5 methods, the example pair x 4)
+    tunes = [r for r in runs if r.data.tags.get("cascade.kind") == "tune" and r.data.params.get("k") == "2"]
     # a curve spanning no cost range (the tiny 8-query pair often does) has NaN shared metrics, which MLflow
     # cannot store: its run says why instead
     assert len(tunes) == 9
     assert all("auc_shared" in r.data.metrics or r.data.tags.get("cascade.shared_note") for r in tunes)
     assert any("auc_shared" in r.data.metrics for r in tunes)
     assert all(r.info.run_name.startswith(r.data.tags["cascade.method"] + " | ") for r in tunes)
-    parent = next(r for r in runs if r.info.run_name == "demo")
-    assert "comparison_table.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert len(client.list_artifacts(parent.info.run_id, "comparison")) == 2  # tiny pair + one example cascade
+    parents = [r for r in runs if r.data.tags.get("cascade.kind") == "parent"]
+    assert len(parents) == 2
+    for parent in parents:
+        assert "comparison_table.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert len(client.list_artifacts(parent.info.run_id, "comparison")) == 1  # one cascade of k >= 2 each

@@ -168,7 +168,11 @@ def log_methods(out_dir: str | os.PathLike, *, experiment: str, uri: str | None 
               "budgets_usd": ",".join(f"{b:g}" for b in summary.get("budgets_usd") or []),
               "records": str(records_path or ""), "output": str(out_dir.resolve())}
     title = f"{summary.get('benchmark')}: the answer per budget over {', '.join(methods)} ({' > '.join(chain)})"
-    tags = {"cascade.kind": "select", "cascade.benchmark": summary.get("benchmark"), "cascade.answer": "true",
+    import mlflow as _m
+
+    top = parent_run_id is None and _m.active_run() is None  # its own parent run, or nested in another
+    tags = {"cascade.kind": "parent" if top else "select", "cascade.benchmark": summary.get("benchmark"),
+            "cascade.answer": "true",
             "cascade.logged_from": str(out_dir.resolve()),
             "mlflow.note.content": answer_description(title, answer.markdown_answer(ans))}
     with _selection_run(experiment, name, params, {k: v for k, v in tags.items() if v is not None}, uri,
