@@ -281,6 +281,19 @@ def _log_comparison(cells, out_root: Path, experiment: str, uri: str, tracking) 
                                                           f"seed={key[3]}", s)
     tracking.log_summary(tables={"comparison_table.json": table}, figures=figures,
                          tags={"cascade.comparison": "true", "cascade.n_degenerate": str(int(table["degenerate"].sum()))})
+    by_bench: dict = {}
+    for c, r in zip([c for c in cells if (out_root / c.key / "summary.json").exists()], runs):
+        by_bench.setdefault((c.records, r["summary"].get("benchmark")), []).append((c, r))
+    for (records_name, bench), items in by_bench.items():  # one report per records x benchmark: never mixed
+        c0, r0 = items[0]
+        df = M.load_records(c0.records_path, benchmark=bench)
+        one = {}
+        for c, r in items:  # per method x cascade: the full training size (else the first), the first seed
+            one.setdefault((r["method"], tuple(r["cascade"])), r)
+        name = "report.html" if len(by_bench) == 1 else f"report_{records_name}_{bench}.html"
+        data, desc = tracking.comparison_report(f"{records_name} ({bench}): sweep curves", list(one.values()),
+                                                tracking.run_budgets(r0["summary"], df, bench))
+        tracking.log_report(data, description=desc if len(by_bench) == 1 else None, name=name)
     print(f"compared {table['method'].nunique()} methods on {len(figures)} cascade(s) x size x seed on their shared "
           "cost range: auc_shared on every cell's run, the table and plots on the parent", flush=True)
 

@@ -118,6 +118,8 @@ def test_tune_several_methods_logs_comparable_children_and_a_parent_table(tmp_pa
         assert r.data.tags["cascade.git_commit_source"] in ("repository", "env CASCADE_GIT_COMMIT")
     arts = [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert "comparison_table.json" in arts
+    assert "report.html" in arts  # the interactive comparison, its table as the parent's description
+    assert "| budget (USD/1M q) | method |" in parent.data.tags["mlflow.note.content"]
     plots = [a.path for a in client.list_artifacts(parent.info.run_id, "comparison")]
     assert plots == ["comparison/llama3.2-1b-llama3.2-3b.png"]
     local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="comparison_table.json",
@@ -183,6 +185,7 @@ def test_sweep_logs_shared_metrics_on_every_cell_and_the_comparison_on_its_paren
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "comparison_table.json" in arts
     assert len(client.list_artifacts(parent.info.run_id, "comparison")) == 2
+    assert "report.html" in arts
 
 
 @pytest.mark.slow

@@ -200,6 +200,9 @@ def test_study_logs_a_parent_and_one_run_per_chain_and_method(tmp_path, no_env, 
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"summary_table.json", "per_cascade_table.json", "table.txt", "summary.csv", "meta.json", "plots"} <= arts
     assert len(c.list_artifacts(parent.info.run_id, "plots")) == 4
+    assert "report.html" in arts  # every method x cascade curve, the lowest test error per budget
+    parent_now = c.get_run(parent.info.run_id)
+    assert "| budget (USD/1M q) | method |" in parent_now.data.tags["mlflow.note.content"]
     assert "per_cascade_table.json" in {a.path for a in c.list_artifacts(children["grid"].info.run_id)}
     # logged once: `cascade log` of the same folder adds nothing
     capsys.readouterr()

@@ -14,6 +14,9 @@ Secret-looking config values are redacted before they are logged (:func:`redact_
 
 from .mlflow_log import (
     OUTPUT_FINGERPRINT_TAG,
+    comparison_report,
+    log_report,
+    run_budgets,
     data_fingerprint,
     find_finished,
     find_logged_output,
@@ -43,7 +46,7 @@ from .sweeps import finished_cells, mark_killed, sweep_parent
 
 __all__ = [
     "DEFAULT_ARTIFACTS", "DEFAULT_DB", "OUTPUT_FINGERPRINT_TAG", "REDACTED", "REPO_ROOT", "TrackingUnavailable",
-    "check_reachable", "configure", "data_fingerprint", "experiment_id", "find_finished", "find_logged_output",
+    "check_reachable", "comparison_report", "configure", "log_report", "run_budgets", "data_fingerprint", "experiment_id", "find_finished", "find_logged_output",
     "finished_cells", "git_commit", "guard", "is_secret_key", "is_study_dir", "log_scoring", "log_study", "log_summary", "log_tune", "log_tune_dir",
     "mark_killed", "parent_run", "redact_secrets", "store_exists", "sweep_parent", "tracking_uri", "write_lock",
 ]

@@ -460,6 +460,39 @@ def find_logged_output(experiment: str, fingerprint: str, kind: str | None = Non
     return runs[0].info.run_id if runs else None
 
 
+def log_report(data: dict, *, run_id: str | None = None, description: str | None = None,
+               name: str = "report.html") -> None:
+    """An interactive HTML report (:mod:`cascade.evaluate.report`) as the artifact ``name`` of a run (default:
+    the active one) and, with ``description``, the run's description (``mlflow.note.content``)."""
+    import mlflow
+
+    from cascade.evaluate import report
+
+    with guard("logging the HTML report"), write_lock(), tempfile.TemporaryDirectory() as tmp:
+        path = report.write_report(data, Path(tmp) / name)
+        client = mlflow.MlflowClient()
+        rid = run_id or mlflow.active_run().info.run_id
+        client.log_artifact(rid, str(path))
+        if description:
+            client.set_tag(rid, "mlflow.note.content", description[:60000])
+
+
+def comparison_report(title: str, runs: list[dict], budgets: list[float]) -> tuple[dict, str]:
+    """A comparison's report data and description (a several-method `cascade tune`, a sweep, a study): its
+    curves; at each budget the lowest test error any curve reaches (read on test: a comparison, not a
+    selection)."""
+    from cascade.evaluate import report
+    from tracking.select import METRIC_NOTES
+
+    curves = [{"method": r["method"], "cascade": " -> ".join(r["cascade"]),
+               "test_cost": [float(v) for v in r["curve"]["test_cost"]],
+               "test_error": [float(v) for v in r["curve"]["test_error"]]} for r in runs]
+    data = report.curves_report_data(title, curves, budgets)
+    desc = (f"### {title}\n\nAt each budget, the lowest test error any of these curves reaches (read on the test "
+            "split; `cascade select` chooses on train):\n\n" + report.markdown_table(data) + "\n\n" + METRIC_NOTES)
+    return data, desc
+
+
 def log_summary(*, tables: dict[str, pd.DataFrame] | None = None, metrics: dict | None = None,
                 run_id: str | None = None, figures: dict | None = None, tags: dict | None = None) -> None:
     """Tables (``mlflow.log_table``, one JSON artifact each), figures (``mlflow.log_figure``: artifact path ->

@@ -59,6 +59,41 @@ def default_experiment(meta: dict) -> str:
     return f"{benches.pop()}-study" if len(benches) == 1 and None not in benches else "cascade-study"
 
 
+def _log_study_report(d: Path, chains: dict, reference, run_id: str) -> None:
+    """report.html per chain (the curves at the largest training size, first subsample, every method x cascade)
+    at budgets from those curves' cost range (a study folder holds no records), and the description."""
+    from cascade.evaluate import budgets as B
+
+    from .mlflow_log import comparison_report, log_report
+
+    if not (d / "curves.json").is_file():
+        return
+    curves = pd.read_json(d / "curves.json", orient="records", dtype={"n": str})
+    if curves.empty:
+        return
+    descs = []
+    for i, (chain, g) in enumerate(curves.groupby("chain", sort=False)):
+        ns = list(dict.fromkeys(g["n"].astype(str)))
+        n = "all" if "all" in ns else max(ns, key=lambda v: int(v) if v.isdigit() else -1)
+        g = g[g["n"].astype(str) == n].drop_duplicates(["cascade", "method"])
+        runs = [{"method": r["method"], "cascade": str(r["cascade"]).split(" -> "),
+                 "curve": pd.DataFrame({"test_cost": r["test_cost"], "test_error": r["test_error"]})}
+                for _, r in g.iterrows() if len(r["test_cost"])]
+        costs = [c for r in runs for c in r["curve"]["test_cost"]]
+        if not costs:
+            continue
+        data, desc = comparison_report(f"{chain}: study curves at n={n} (first subsample), vs {reference}", runs,
+                                       B.grid(min(costs), max(costs)))
+        log_report(data, run_id=run_id, name="report.html" if i == 0 else f"report_{chain}.html")
+        descs.append(desc)
+    if descs:
+        import mlflow
+
+        with guard("setting the study's description"), write_lock():
+            mlflow.MlflowClient().set_tag(run_id, "mlflow.note.content", (STUDY_DESCRIPTION + "\n\n" +
+                                                                          "\n\n".join(descs))[:60000])
+
+
 def log_study(out_dir: str | os.PathLike, *, experiment: str | None = None, uri: str | None = None,
               output_fingerprint: str | None = None) -> str:
     """Log a study folder; returns the parent run's id. Raises :class:`tracking.TrackingUnavailable` when the
@@ -102,6 +137,7 @@ def log_study(out_dir: str | os.PathLike, *, experiment: str | None = None, uri:
         log_summary(tables=tables, run_id=parent.info.run_id, metrics={
             "n_cascades": meta.get("n_cascades"), "n_fits": len(runs), "n_failed_fits": meta.get("n_failed_fits"),
             "n_degenerate_fits": meta.get("n_degenerate_fits"), "wall_seconds": meta.get("wall_seconds")})
+        _log_study_report(d, chains, reference, parent.info.run_id)
         for (chain, method), m in metrics.items():
             info = chains.get(chain) or {}
             models = info.get("models") or []

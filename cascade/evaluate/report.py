@@ -255,3 +255,24 @@ def read_data(path_or_text) -> dict:
 
 __all__ = ["DATA_ID", "curves_report_data", "methods_report_data", "read_data", "render", "selection_report_data",
            "write_report"]
+
+
+def markdown_table(data: dict) -> str:
+    """The answer rows of a report's data as a markdown table (a run description)."""
+    chosen = bool(data.get("frontiers"))
+    head = ("| budget (USD/1M q) | method | cascade (in order) | thresholds | predicted error | test error | "
+            "test cost (USD/1M q) |" if chosen else
+            "| budget (USD/1M q) | method | cascade (in order) | lowest test error | at test cost (USD/1M q) |")
+    rows = [head, "|---:|---|---|---|---:|---:|---:|" if chosen else "|---:|---|---|---:|---:|"]
+    for a in data["answer"]:
+        casc = " > ".join(a["models"])
+        if chosen:
+            rows.append(f"| {a['budget']:g} | {a['method']} | {casc} | "
+                        f"{', '.join(f'{t:.3g}' for t in a['thresholds']) or '-'} | {a['predicted_error']:.3f} | "
+                        f"{a['test_error']:.3f} | {a['test_cost']:.1f} |")
+        else:
+            rows.append(f"| {a['budget']:g} | {a['method']} | {casc} | {a['test_error']:.3f} | {a['test_cost']:.1f} |")
+    return "\n".join(rows)
+
+
+__all__ += ["markdown_table"]

@@ -376,6 +376,10 @@ def track_comparison(args, runs, table, shared, plots) -> int:
             degenerate = table[table["degenerate"]]
             tracking.log_summary(tables={"comparison_table.json": table}, figures=figures, run_id=parent.info.run_id,
                                  tags={"cascade.n_degenerate": str(len(degenerate))})
+            data, desc = tracking.comparison_report(
+                f"{benchmark}: {args.method} on {len(shared)} cascade(s) of {' > '.join(args.models.split(','))}",
+                runs, tracking.run_budgets(runs[0]["summary"], df, benchmark))
+            tracking.log_report(data, run_id=parent.info.run_id, description=desc)
     except tracking.TrackingUnavailable as e:
         print(e.line("cascade tune", kept=args.out, log_command=_log_command(args, records_path)), file=sys.stderr)
         return 3
