@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import sys
@@ -497,6 +498,8 @@ def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, St
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar per stage below instead of one per operator
+    # ... so Ray Data's "Progress bars disabled" warning (its progress module's only warning) says nothing
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     ctx.print_on_execution_start = progress
     t_start = time.time()
     shard_of = {sh.key: (name, sh) for name, q in todo.items() for sh in q}

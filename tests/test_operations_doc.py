@@ -44,7 +44,7 @@ def test_recipe_block_is_marked_and_complete():
     # an absolute store, and stopping only this head
     for needle in ("export RAY_AUTH_MODE=token", "ray get-auth-token --generate", ".venv/bin", "--temp-dir=",
                    "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "ray job submit",
-                   '--tracking-uri "sqlite:///$STORE"', "$PWD/mlflow.db", "kill -TERM -- -$HEAD_PID", "wait $HEAD_PID",
+                   '--tracking-uri "sqlite:///$STORE"', "$PWD/mlflow.db", "kill -TERM $HEAD_PID", "wait $HEAD_PID",
                    "CASCADE_GIT_COMMIT"):
         assert needle in block, needle
     assert "ray stop" not in block.replace("`ray stop`", "")  # never stops other Rays
@@ -103,13 +103,17 @@ def test_recipe_runs_as_written(tmp_path):
     store, out = tmp_path / "mlflow.db", tmp_path / "out"
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
+    # a fresh shell: no venv on PATH (the recipe puts the project's there before its first `ray`)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if not p.rstrip("/").endswith(("/.venv/bin", "/.venv-vllm/bin")))
     env.update(ports, STORE=str(store), OUT=str(out), TMPDIR=str(short), RAY_AUTH_TOKEN_PATH=str(token_file),
-               RAY_USAGE_STATS_ENABLED="0", PATH=os.environ.get("PATH", ""))
+               RAY_USAGE_STATS_ENABLED="0", PATH=path)
     t0 = time.time()
     try:
         r = subprocess.run(["bash", "-c", recipe()], cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
         log = r.stdout[-4000:] + r.stderr[-4000:]
-        # (the block's own exit status is that of the stopped head, `wait`'s 143: not a result)
+        assert r.returncode == 0, log  # every line worked, the head's stop included
+        assert "command not found" not in r.stderr, log
         assert "ran 4 cells, logged 4" in r.stdout + r.stderr, log
         assert re.search(r"Job 'raysubmit_\w+' succeeded", r.stdout + r.stderr), log
         assert "Authentication required" not in r.stdout + r.stderr, log
