@@ -167,8 +167,11 @@ def journey(chromium: str, base: str, experiment: str, parent_name: str, out: Pa
         page.get_by_role("link", name=experiment).first.click()
         clicks += 1
         page.wait_for_url("**/experiments/*/**")
-        page.wait_for_timeout(4000)
+        page.wait_for_timeout(3000)
         seen["landed_url"] = page.url
+        if "/runs" in page.url:
+            page.get_by_text(parent_name, exact=True).first.wait_for()  # the table has loaded
+            page.wait_for_timeout(1500)
         seen["landed_on"] = ("runs table" if "/runs" in page.url else "GenAI overview" if "overview" in page.url
                              else page.url)
         page.screenshot(path=str(out / "journey_2_landing.png"))
@@ -176,7 +179,8 @@ def journey(chromium: str, base: str, experiment: str, parent_name: str, out: Pa
         page.get_by_text(parent_name, exact=True).first.click()
         clicks += 1
         page.wait_for_url("**/runs/*")
-        page.wait_for_timeout(4000)
+        page.get_by_text("budget (USD/1M q)").first.wait_for()  # the description's answer table
+        page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "journey_3_parent_run.png"), full_page=True)
         seen["clicks"]["read the answer table (parent's description)"] = clicks
         page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()

@@ -241,13 +241,15 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"
 EXPERIMENT_DESCRIPTION = (
-    "cascade-eval: tuning runs of LLM cascades (deferral thresholds tuned on a training split, error and cost "
-    "measured on a test split).\n\n"
-    "- Compare methods: group the runs table by the tag `cascade.method` and look at `auc_shared` (mean test "
-    "error over the cost range every method's curve covers on that cascade; lower is better). `test_auc` and "
-    "`test_error_at_*pct_budget` are on each curve's own cost range and do not compare across methods.\n"
-    "- A parent run (tag `cascade.kind=parent`) holds the comparison table (`comparison_table.json`) and one "
-    "overlaid error-cost plot per cascade (`comparison/*.png`).\n"
+    "cascade-eval: LLM cascades tuned on a training split, error and cost measured on a test split (costs in USD "
+    "per million queries, errors as shares of test queries).\n\n"
+    "- The answer (which method, which models in which order, which thresholds, at which budget): open the "
+    "parent run (tag `cascade.kind=parent`); its description is the answer table, its artifact `report.html` "
+    "the interactive answer (pick a budget) with every curve overlaid.\n"
+    "- Compare runs at a budget: `test_error_at_usd<B>` (the same budgets B on every run of the benchmark; "
+    "history `test_error_curve`, step = budget index: the chart view overlays the runs' curves). "
+    "`test_auc` and `test_error_at_*pct_budget` are on each curve's own cost range and do not compare across "
+    "runs; `auc_shared` compares the methods of one cascade.\n"
     "- `cascade.degenerate=true` (metric `degenerate`=1) flags a curve that cannot be trusted as a curve; the "
     "tag `cascade.degenerate_reason` says why.")
 

@@ -229,8 +229,8 @@ def render(data: dict) -> str:
             "<code>test_error_at_usd&lt;B&gt;</code> metric uses the same). "
             f"The answer at a budget is chosen on the training split ({html.escape(str(data['select_on']))}): the "
             "point with the largest train-side cost within the budget; <i>predicted error</i> is its train-side "
-            "error, <i>test error/cost</i> what it measured on the test split (its test cost can exceed the "
-            "budget a little). Lower error is better.")
+            "error, <i>test error/cost</i> what it measured on the test split (its test cost can differ from the "
+            "train-side cost, and exceed the budget: train and test queries differ). Lower error is better.")
     payload = json.dumps(data, allow_nan=False).replace("</", "<\\/")
     return _PAGE.format(title=html.escape(data["title"]), note=note, unit=COST_UNIT, options=options,
                         front=front_html, rows="".join(rows), curves=curves_html, data_id=DATA_ID, data=payload)
