@@ -135,9 +135,12 @@ def overlay_figure(curves: dict[str, pd.DataFrame], title: str, shared: Shared |
         ax.plot(x[order], y[order], "o-", ms=3, label=label[:90])
     ax.set_xlabel("test cost (USD per million queries)")
     ax.set_ylabel("test error")
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)  # wrapped: never clipped by the figure
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside the curves
+    fig.set_size_inches(10, 4.5)
     fig.tight_layout()
     return fig
 

@@ -9,7 +9,9 @@ def error_cost_figure(curve: pd.DataFrame, title: str):
     """The test error-cost curve (and the tuner's train estimate, when the curve has one) as a Figure."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
+    import textwrap
+
+    fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     c = curve.sort_values("test_cost")
     ax.plot(c["test_cost"], c["test_error"], "o-", ms=3, label="test (measured)")
@@ -18,8 +20,8 @@ def error_cost_figure(curve: pd.DataFrame, title: str):
         ax.plot(t["train_cost"], t["train_error"], "s--", ms=2, alpha=0.6, label="train (tuner's estimate)")
     ax.set_xlabel("cost (USD per million queries)")
     ax.set_ylabel("error")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)  # wrapped: never clipped by the figure
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best", framealpha=0.6)
     fig.tight_layout()
     return fig

@@ -534,15 +534,19 @@ def format_frontier_table(frontier: pd.DataFrame, *, comparison: dict | None = N
         what = "loss" if has_abs else "error"
         out.append("")
         out.append(f"frontier vs baselines on test (AUC = mean test {what} over the shared cost range; lower is better):")
-        for name, e in comparison.get("pairwise", {}).items():
+        import textwrap
+
+        for name, e in comparison.get("pairwise", {}).items():  # wrapped: the lines fit a text viewer
             better = e.get("frontier_better_share")
-            out.append(f"  {name:<12} {e['baseline']}: AUC {e['auc_frontier']:.4f} vs {e['auc_baseline']:.4f} "
-                       f"({e['pct_change']:+.1f}%) over cost {e['cost_lo']:.1f}-{e['cost_hi']:.1f}"
-                       + (f"; frontier lower on {better:.0%} of it" if better is not None else ""))
+            text = (f"{name:<12} {e['baseline']}: AUC {e['auc_frontier']:.4f} vs {e['auc_baseline']:.4f} "
+                    f"({e['pct_change']:+.1f}%) over cost {e['cost_lo']:.1f}-{e['cost_hi']:.1f}"
+                    + (f"; frontier lower on {better:.0%} of it" if better is not None else ""))
+            out += textwrap.wrap(text, 110, initial_indent="  ", subsequent_indent="      ")
         share = comparison.get("all", {}).get("best_share")
         if share:
-            out.append("  lowest test " + what + " per budget (share of the frontier's test cost range): "
-                       + ", ".join(f"{n} {v:.0%}" for n, v in share.items()))
+            out += textwrap.wrap("lowest test " + what + " per budget (share of the frontier's test cost range): "
+                                 + ", ".join(f"{n} {v:.0%}" for n, v in share.items()), 110,
+                                 initial_indent="  ", subsequent_indent="      ")
     return "\n".join(out)
 
 
@@ -573,11 +577,14 @@ def frontier_figure(sel: Selection, title: str | None = None):
     f = sel.frontier.sort_values("test_cost")
     ax.plot(f["test_cost"], f["test_error"], "-", color="black", lw=1.8, label="frontier (chosen on train)", zorder=3)
     names = list(dict.fromkeys(sel.frontier["cascade"]))
-    cmap = __import__("matplotlib").colormaps["tab20"]
-    for i, n in enumerate(names[:20]):
+    import matplotlib
+
+    # distinct colours per cascade (tab20's light/dark pairs look alike): tab10, then Dark2, then Set1
+    colours = [matplotlib.colormaps[m](i) for m, n in (("tab10", 10), ("Dark2", 8), ("Set1", 9)) for i in range(n)]
+    for i, n in enumerate(names[:len(colours)]):
         g = sel.frontier[sel.frontier["cascade"] == n]
-        ax.scatter(g["test_cost"], g["test_error"], s=18, color=cmap(i % 20), edgecolor="black", lw=0.4,
-                   zorder=4, label=n if len(names) <= 8 else None)
+        ax.scatter(g["test_cost"], g["test_error"], s=18, color=colours[i], edgecolor="black", lw=0.4,
+                   zorder=4, label=n if len(names) <= 12 else None)
     ax.set_xscale("log")
     if abstains:
         ax2.plot(f["test_cost"], f["test_wrong"], "o-", ms=3, color="tab:red", label="error (answered and wrong)")
@@ -589,9 +596,21 @@ def frontier_figure(sel: Selection, title: str | None = None):
     else:
         ax.set_xlabel("test cost (USD per million queries, log scale)")
     ax.set_ylabel("test loss (error + abstain_cost x abstention)" if sel.abstain_cost is not None else "test error")
-    ax.set_title(title or f"{' > '.join(sel.chain)} ({sel.summary.get('method', sel.method)})", fontsize=8)
+    import textwrap
+
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_title("\n".join(textwrap.wrap(title or f"{' > '.join(sel.chain)} ({sel.summary.get('method', sel.method)})",
+                                         90)), fontsize=8)
+    for a in [ax] + ([ax2] if abstains else []):
+        a.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, no crowding
+        a.xaxis.set_major_formatter(ScalarFormatter())
+        a.xaxis.set_minor_locator(LogLocator(base=10, subs="auto"))
+        a.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6, loc="upper right")
+    # the legend beside the axes, never over the curves
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.set_size_inches(11, fig.get_size_inches()[1])
     fig.tight_layout()
     return fig
 
