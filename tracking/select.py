@@ -139,7 +139,9 @@ METRIC_NOTES = (
     "- `frontier_test_auc`: mean test error of the frontier over its own test cost range; "
     "`auc_shared` (tuning runs of a comparison): mean test error over the cost range every method's curve of "
     "that cascade covers.\n\n"
-    "**Report**: the artifact `report.html` (interactive: pick a budget, read the answer; every curve overlaid).")
+    "**Report**: the artifact `report.html` (interactive: pick a budget, read the answer; every curve overlaid).\n\n"
+    "MLflow's *Duration* column is how long a run stayed open while it was logged (artifacts, datasets), not "
+    "the fit: the fit's time is the metric `seconds`.")
 
 
 def answer_description(title: str, answer_table_md: str) -> str:
