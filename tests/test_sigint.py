@@ -24,24 +24,29 @@ PY = sys.executable
 
 
 def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    """``python -m ARGS`` in its own process group, stdout and stderr to tmp_path/out and tmp_path/err."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([PY, "-m", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([PY, "-m", *args], cwd=tmp_path, env=env, stdout=out, stderr=err,
+                                start_new_session=True)
+    proc.files = (tmp_path / "out", tmp_path / "err")
+    return proc
 
 
 def _interrupt(proc: subprocess.Popen, ready, timeout: float) -> tuple[int, str, str]:
-    """Wait until ``ready()`` (the process must still run), send SIGINT to its process group, collect."""
+    """Wait until ``ready(stderr so far)`` (the process must still run), send SIGINT to its process group, as a
+    terminal's Ctrl-C does, and return (exit status, stdout, stderr)."""
     deadline = time.time() + timeout
     try:
-        while not ready():
+        while not ready(proc.files[1].read_text()):
             if proc.poll() is not None:
-                out, err = proc.communicate()
-                pytest.fail(f"ended before it was interrupted (rc {proc.returncode}): {err[-3000:]}")
+                pytest.fail(f"ended before it was interrupted (rc {proc.returncode}): "
+                            f"{proc.files[1].read_text()[-3000:]}")
             assert time.time() < deadline, "never got ready to be interrupted"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-        return proc.returncode, out, err
+        proc.wait(timeout=120)
+        return proc.returncode, proc.files[0].read_text(), proc.files[1].read_text()
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # anything the group left (Ray processes)
@@ -69,15 +74,20 @@ def _statuses(db: Path) -> dict[str, int]:
 
 
 def test_ctrl_c_during_bayes_opt_tune(tmp_path):
-    out = tmp_path / "out"
-    started = time.time()
+    out = tmp_path / "tuned"
+    seen: list[float] = []
+
+    def in_the_fit(err: str) -> bool:  # the transform line is printed just before the fit: 2 s into Optuna's loop
+        if "cascade tune: transform" in err and not seen:
+            seen.append(time.time())
+        return bool(seen) and time.time() - seen[0] > 2
+
     proc = _start(["jobs.cli", "tune", "--results", str(DEV), "--models", "llama3.2-1b,llama3.2-3b", "--method",
                    "bayes-opt", "--param", "n_trials=100000", "--out", str(out)], tmp_path)
-    # the transform line is printed just before the fit; give Optuna a moment inside its loop
-    rc, _, err = _interrupt(proc, lambda: time.time() - started > 12, 240)
+    rc, _, err = _interrupt(proc, in_the_fit, 240)
     assert rc == 130, err[-3000:]
     _one_interrupt_line(err, "tune")
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tuned")]
 
 
 def _sweep_spec(tmp_path: Path) -> Path:
@@ -99,7 +109,7 @@ def test_ctrl_c_during_a_sweep_leaves_no_running_run(tmp_path):
     proc = _start(["jobs.cli", "sweep", str(spec), "--tracking-uri", f"sqlite:///{db}", "--no-progress", "--jobs",
                    "1"], tmp_path)
     # interrupt once the parent run is open and a cell is in flight
-    rc, out, err = _interrupt(proc, lambda: _statuses(db).get("RUNNING", 0) >= 1 and time.sleep(3) is None, 300)
+    rc, out, err = _interrupt(proc, lambda _: _statuses(db).get("RUNNING", 0) >= 1 and time.sleep(3) is None, 300)
     assert rc == 130, out[-2000:] + err[-3000:]
     _one_interrupt_line(err, "sweep")
     st = _statuses(db)
@@ -127,7 +137,7 @@ def test_ctrl_c_during_score_keeps_whole_shards_only(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     store = tmp_path / "store"
     proc = _start(["jobs.cli", "score", str(path), "--no-progress"], tmp_path)
-    rc, _, err = _interrupt(proc, lambda: store.exists() and len(records.parquet_files(store)) >= 1, 600)
+    rc, _, err = _interrupt(proc, lambda _: store.exists() and len(records.parquet_files(store)) >= 1, 600)
     assert rc == 130, err[-3000:]
     _one_interrupt_line(err, "score")
     assert "shards finished so far are kept" in err
