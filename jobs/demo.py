@@ -306,7 +306,9 @@ def format_summary(summ: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
     why = {}
     for r in rows:
         if r["degenerate"]:
-            why.setdefault((r["records"], r["method"]), f"n/a: degenerate fit ({r['degenerate'][0][:50]})")
+            reason = r["degenerate"][0]
+            why.setdefault((r["records"], r["method"]),
+                           f"n/a: degenerate fit ({reason if len(reason) <= 70 else reason[:67] + '...'})")
     shown[col] = [f"{v:+.3f}" if np.isfinite(v) else why.get((rec, m), "n/a: no shared cost range")
                   for v, rec, m in zip(shown[col], shown["records"], shown["method"])]
     shown["wilcoxon_p_one_sided"] = shown["wilcoxon_p_one_sided"].map(

@@ -132,6 +132,18 @@ def track_outputs(args, out_dirs: list[Path], benchmark: str, records_path, reco
             for d in out_dirs:
                 tracking.log_tune_dir(d, records_path=records_path, records_df=records_df,
                                       parent_run_id=parent.info.run_id)
+            from cascade.data import records as R
+            from cascade.evaluate import metrics as M
+
+            runs = []
+            for d in out_dirs:  # the parent's report: every cascade's curve, the lowest test error per budget
+                curve, summary = M.read_tune_output(d)
+                runs.append({"method": summary["method"], "cascade": list(summary["models"]), "curve": curve,
+                             "summary": summary})
+            df = records_df if records_df is not None else R.load(records_path, benchmark=benchmark)
+            data, desc = tracking.comparison_report(f"{benchmark}: {args.method} on {len(runs)} cascade(s)", runs,
+                                                    tracking.run_budgets(runs[0]["summary"], df, benchmark))
+            tracking.log_report(data, run_id=parent.info.run_id, description=desc)
     except tracking.TrackingUnavailable as e:
         print(e.line("cascade tune", kept=args.out, log_command=_log_command(args, records_path)), file=sys.stderr)
         return 3
