@@ -90,7 +90,6 @@ def run_select(args) -> int:
         return run_select_many(args)
     import math
 
-    from cascade.data import records
     from cascade.evaluate import outputs, select
     from cascade.evaluate import tuning as tune
 
@@ -122,13 +121,7 @@ def run_select(args) -> int:
                                      "every ordered sub-cascade (single models included: 2^k - 1)")
     out = select.check_out(args.out)
     outputs.cascade_folders(subs)  # refuse model names that cannot be folders, now
-    df = records.load(args.results, benchmark=args.benchmark)
-    if df.empty:
-        raise ValueError(f"benchmark {args.benchmark!r} has no records in {args.results}")
-    benchmarks = sorted(df["benchmark"].unique())
-    if args.benchmark is None and len(benchmarks) > 1:
-        raise ValueError(f"{args.results} holds several benchmarks ({', '.join(benchmarks)}); pass --benchmark")
-    benchmark = args.benchmark or benchmarks[0]
+    df, benchmark = _load(args)
     signal = args.signal or _default_signal(df)
     if "seed" in cls.param_names() and "seed" not in params:
         params["seed"] = args.seed
@@ -163,9 +156,21 @@ def run_select(args) -> int:
     return 0
 
 
+def _load(args):
+    """The records of --results (one benchmark) and that benchmark's name; bad input is one line."""
+    from cascade.data import records
+
+    df = records.load(args.results, benchmark=args.benchmark)
+    if df.empty:
+        raise ValueError(f"benchmark {args.benchmark!r} has no records in {args.results}")
+    benchmarks = sorted(df["benchmark"].unique())
+    if args.benchmark is None and len(benchmarks) > 1:
+        raise ValueError(f"{args.results} holds several benchmarks ({', '.join(benchmarks)}); pass --benchmark")
+    return df, args.benchmark or benchmarks[0]
+
+
 def run_select_many(args) -> int:
     """``--method a,b,...``: a selection per method, then the answer per absolute budget over all of them."""
-    from cascade.data import records
     from cascade.evaluate import answer, outputs
     from cascade.evaluate import tuning as tune
 
@@ -188,15 +193,13 @@ def run_select_many(args) -> int:
             params[m]["seed"] = args.seed
     if parsed:
         raise ValueError(f"--param {next(iter(parsed))}.*: not among --method ({', '.join(methods)})")
+    subs = answer.select.subcascades_of(models)
+    count_line = check_cascade_count(len(subs), models, args.max_cascades,
+                                     "every ordered sub-cascade (single models included: 2^k - 1)")
     out = answer.check_out(args.out)
-    outputs.cascade_folders(answer.select.subcascades_of(models))
-    df = records.load(args.results, benchmark=args.benchmark)
-    if df.empty:
-        raise ValueError(f"benchmark {args.benchmark!r} has no records in {args.results}")
-    benchmarks = sorted(df["benchmark"].unique())
-    if args.benchmark is None and len(benchmarks) > 1:
-        raise ValueError(f"{args.results} holds several benchmarks ({', '.join(benchmarks)}); pass --benchmark")
-    benchmark = args.benchmark or benchmarks[0]
+    outputs.cascade_folders(subs)
+    df, benchmark = _load(args)
+    print(f"cascade select: {count_line}, for each of {len(methods)} methods")
     jobs = args.jobs or max(1, min(2, os.cpu_count() or 1))
     ma = answer.select_methods(
         df, models=models, methods=methods, params=params, benchmark=benchmark, select_on=args.select_on, jobs=jobs,
