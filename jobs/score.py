@@ -61,10 +61,20 @@ class Shard:
     end: int
     items: list
     path: Path
+    #: rows of this shard scored by an earlier run whose other rows failed (kept in ``<out>/.pending``)
+    done: pd.DataFrame | None = None
 
     @property
     def n(self) -> int:
         return self.end - self.start
+
+    @property
+    def todo_items(self) -> list:
+        """The items still to score: all of them, or those an earlier run could not score."""
+        if self.done is None or not len(self.done):
+            return self.items
+        have = set(int(q) for q in self.done["query_id"])
+        return [it for it in self.items if int(it.query_id) not in have]
 
     @property
     def key(self) -> str:
@@ -78,6 +88,7 @@ class StageStats:
     skipped_shards: int = 0
     rescored_shards: int = 0
     scored_records: int = 0
+    failed_rows: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     ptrue_input_tokens: int = 0
@@ -100,6 +111,7 @@ class StageStats:
             "skipped_shards": self.skipped_shards,
             "rescored_shards": self.rescored_shards,
             "scored_records": self.scored_records,
+            "failed_rows": self.failed_rows,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "ptrue_input_tokens": self.ptrue_input_tokens,
@@ -147,6 +159,25 @@ def _actor_meta(load_s: float) -> dict:
             "_restarted": restarted, "_threads": threads}
 
 
+def _with_failed(df: pd.DataFrame) -> pd.DataFrame:
+    """The failed-row column as strings ("" for a row that is a record), one type in every block."""
+    from cascade.scoring.stage import FAILED
+
+    if FAILED in df:
+        df[FAILED] = df[FAILED].fillna("").astype(str)
+    return df
+
+
+def _stage_config(stage: dict, engine_module: str | None) -> StageConfig:
+    """A stage config in a worker process: the module that registers its engine is imported first (an
+    engine registered by a plugin module is then known there too)."""
+    if engine_module:
+        from cascade.scoring.engines import registry
+
+        registry.ensure_registered(stage.get("engine", "transformers"), engine_module)
+    return StageConfig.model_validate(stage)
+
+
 class StageWorker:
     """One stage's ``map_batches`` callable: a loaded engine; a batch of item rows -> records rows.
 
@@ -158,12 +189,12 @@ class StageWorker:
     """
 
     def __init__(self, stage: dict, signals: list[str], grading: dict, run_id: str, columns: list[str],
-                 keep_items: bool = False, tasks: list[dict] | None = None):
+                 keep_items: bool = False, tasks: list[dict] | None = None, engine_module: str | None = None):
         from cascade.scoring.stage import load_stage
 
         B.use(tasks)  # the tasks read from files in the driver
         t0 = time.perf_counter()
-        self.engine, self.info = load_stage(StageConfig.model_validate(stage))
+        self.engine, self.info = load_stage(_stage_config(stage, engine_module))
         self.signals, self.grading, self.run_id = list(signals), B.GradingConfig(**grading), run_id
         self.columns, self.keep_items = list(columns), keep_items
         self.meta = _actor_meta(time.perf_counter() - t0)
@@ -175,7 +206,7 @@ class StageWorker:
         for (bench, split), g in batch.groupby(["benchmark", "split"], sort=False):
             df = score_items(self.engine, self.info, bench, split, [_item(s) for s in g["item"]],
                              signals=self.signals, grading=self.grading, run_id=self.run_id)
-            df = df.reindex(columns=self.columns)
+            df = _with_failed(df.reindex(columns=self.columns))
             df["shard"], df["stage"] = g["shard"].to_numpy(), g["stage"].to_numpy()
             if self.keep_items:
                 df["item"] = g["item"].to_numpy()
@@ -190,20 +221,25 @@ class JudgeWorker:
     """The judge's ``map_batches`` callable: rows of ``benchmarks`` get ``correct`` from the judge model
     (P(Yes) > P(No)); other rows pass through unchanged."""
 
-    def __init__(self, stage: dict, benchmarks: list[str], tasks: list[dict] | None = None):
+    def __init__(self, stage: dict, benchmarks: list[str], tasks: list[dict] | None = None,
+                 engine_module: str | None = None):
         from cascade.scoring.stage import load_stage
 
         B.use(tasks)
-        self.engine, _ = load_stage(StageConfig.model_validate(stage))
+        self.engine, _ = load_stage(_stage_config(stage, engine_module))
         self.benchmarks = set(benchmarks)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from cascade.scoring.stage import judge_items
+        from cascade.scoring.stage import FAILED, judge_requests, verdicts
 
         batch = batch.copy()
-        for bench, g in batch[batch["benchmark"].isin(self.benchmarks)].groupby("benchmark", sort=False):
-            verdicts = judge_items(self.engine, bench, [_item(s) for s in g["item"]], g["answer"].tolist())
-            batch.loc[g.index, "correct"] = verdicts
+        todo = batch["benchmark"].isin(self.benchmarks) & (batch[FAILED].fillna("") == "")
+        for bench, g in batch[todo].groupby("benchmark", sort=False):
+            reqs = judge_requests(self.engine.prompter(), B.get(bench), [_item(s) for s in g["item"]],
+                                  g["answer"].tolist())
+            res = self.engine.generate(reqs)
+            batch.loc[g.index, "correct"] = verdicts(res)
+            batch.loc[g.index, FAILED] = [f"judge: {r.error}" if r.error else "" for r in res]
         return batch
 
 
@@ -315,6 +351,7 @@ def _todo(cfg: ScoreConfig, shards: dict[str, list[Shard]], per_split, stats: di
                 reason = shard_problem(sh, expected[sh.benchmark])
                 if reason is None:
                     s.skipped_shards += 1
+                    _drop_partial(Path(cfg.out), sh)
                     continue
                 dest = set_aside(sh, expected[sh.benchmark], Path(cfg.out), run_id)
                 if dest is None and sh.path.exists():  # rewritten meanwhile by a concurrent run
@@ -323,9 +360,73 @@ def _todo(cfg: ScoreConfig, shards: dict[str, list[Shard]], per_split, stats: di
                 s.rescored_shards += 1
                 print(f"cascade score: {reason}; moved to {dest.parent if dest else CORRUPT_DIR} and scoring it "
                       "again", file=sys.stderr)
+            sh.done = _read_partial(Path(cfg.out), sh, expected[sh.benchmark])
             lst.append(sh)  # (a manifest without its shard is replaced when the shard is written)
         todo[st.name] = lst
     return todo
+
+
+# ------------------------------------------------------------------------------ failed rows, partial shards
+#
+# A row whose request still failed (an API stage) is not a record. The shard's other rows wait in
+# <out>/.pending/<shard path>.pending (a hidden folder, a name no Parquet reader or glob takes) and the
+# failures are listed in <out>/_failed_rows.jsonl; a rerun scores only the missing rows, then writes the
+# whole shard once.
+
+PENDING_DIR = ".pending"
+PENDING_SUFFIX = ".pending"
+FAILED_ROWS = "_failed_rows.jsonl"
+
+
+def _partial_path(out: Path, sh: Shard) -> Path:
+    p = out / PENDING_DIR / sh.path.relative_to(out)
+    return p.with_name(p.name + PENDING_SUFFIX)
+
+
+def _read_partial(out: Path, sh: Shard, expected: set[str]) -> pd.DataFrame | None:
+    """The rows an earlier run kept for ``sh``; None if there are none (or they no longer fit the plan)."""
+    p = _partial_path(out, sh)
+    if not p.exists():
+        return None
+    try:
+        df = pd.read_parquet(p)
+    except Exception as e:  # a damaged partial file: its rows are scored again
+        print(f"cascade score: {p}: unreadable ({type(e).__name__}); scoring its rows again", file=sys.stderr)
+        return None
+    ids = set(int(it.query_id) for it in sh.items)
+    if not expected <= set(df.columns) or not set(df["query_id"].astype(int)) <= ids:
+        return None  # scored with other settings or cut differently: score the shard whole
+    return df
+
+
+def _drop_partial(out: Path, sh: Shard) -> None:
+    p = _partial_path(out, sh)
+    if p.exists():
+        with records.store_lock(out):
+            p.unlink(missing_ok=True)
+
+
+def _keep_partial(out: Path, sh: Shard, df: pd.DataFrame) -> None:
+    """Keep a shard's scored rows (earlier ones included) until its failed rows are scored."""
+    p = _partial_path(out, sh)
+    with records.store_lock(out):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}")
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, p)
+
+
+def _write_failed(out: Path, failures: list[dict]) -> Path | None:
+    """This run's failed rows as JSON lines, replacing the list of an earlier run (removed when none)."""
+    path = out / FAILED_ROWS
+    if not failures:
+        path.unlink(missing_ok=True)
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text("".join(json.dumps(f) + "\n" for f in failures))
+    os.replace(tmp, path)
+    return path
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -372,10 +473,29 @@ def ray_llm_import_error() -> str | None:
 
 
 def runner_of(st: StageConfig) -> str:
-    """``ray.data.llm`` for vLLM stages on GPUs (``runner: auto``) or when asked; else ``engine``."""
+    """``runner: auto``: the engine's ``gpu_runner`` (registry; vLLM: ``ray.data.llm``) for a stage with
+    GPUs, else ``engine``; otherwise the runner asked for."""
     if st.runner == "auto":
-        return "ray.data.llm" if (st.engine == "vllm" and st.resources.num_gpus > 0) else "engine"
+        spec = st.engine_spec()
+        return spec.gpu_runner if (spec.gpu_runner and st.resources.num_gpus > 0) else "engine"
     return st.runner
+
+
+def preflight(cfg: ScoreConfig) -> dict[str, str]:
+    """One call per stage whose engine has a preflight (an API stage's server), before anything is
+    planned, written or spent: every problem in one line naming the stage's field and the fix."""
+    problems, seen = [], {}
+    for where, st in _stage_fields(cfg):
+        check_fn = st.engine_spec().preflight
+        if check_fn is None:
+            continue
+        try:
+            seen[where] = check_fn(st, where)
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return seen
 
 
 def _check_runners(cfg: ScoreConfig) -> None:
@@ -391,13 +511,100 @@ def _check_runners(cfg: ScoreConfig) -> None:
 
 
 def check(config) -> str:
-    """Validate a config and its data, plan the shards; touch nothing. Returns a one-line summary."""
+    """Validate a config and its data, preflight API stages, plan the shards and estimate, per stage,
+    the tokens and the cost of what is still to score (showing a prompt of each benchmark split); writes
+    nothing and spends nothing beyond the preflight's one-token request. Returns the text to print."""
     cfg = load_config(config)
     _check_runners(cfg)
+    served = preflight(cfg)
     shards, per_split = plan(cfg)
     n = sum(len(v) for v in per_split.values())
-    return (f"config ok: {n} queries x {len(cfg.stages)} stage(s), {sum(len(v) for v in shards.values())} shards "
-            f"-> {cfg.out}")
+    lines = [f"config ok: {n} queries x {len(cfg.stages)} stage(s), {sum(len(v) for v in shards.values())} shards "
+             f"-> {cfg.out}"]
+    expected = {b: expected_columns(b, list(cfg.signals)) for (b, _s) in per_split}
+    for i, st in enumerate(cfg.stages):
+        todo = [(sh.benchmark, it) for sh in shards[st.name] for it in _check_todo(sh, expected[sh.benchmark])]
+        lines.extend(estimate_lines(cfg, st, todo, served.get(f"stages.{i}")))
+    return "\n".join(lines)
+
+
+def _check_todo(sh: Shard, expected: set[str]) -> list:
+    """The items of ``sh`` a run would score (read-only: nothing is set aside)."""
+    if sh.path.exists() and shard_problem(sh, expected) is None:
+        return []
+    return sh.items
+
+
+def _tokenizer_for(st: StageConfig):
+    """(tokenizer or None, what it is) for token estimates: a local stage's own, an API stage's
+    ``tokenizer`` field; None where there is none or it cannot be loaded (then bytes / 4 is used)."""
+    spec = st.engine_spec()
+    fields = st.engine_fields()
+    name = st.model if spec.needs == "local_model" else getattr(fields, "tokenizer", None)
+    if not name:
+        return None, "no tokenizer: UTF-8 bytes / 4"
+    try:
+        from transformers import AutoTokenizer
+
+        from cascade.scoring.models import materialize
+
+        return AutoTokenizer.from_pretrained(materialize(name)), f"tokenizer of {name}"
+    except Exception as e:  # a hub id without network, a folder without tokenizer files
+        return None, f"tokenizer of {name} not loadable ({type(e).__name__}): UTF-8 bytes / 4"
+
+
+def estimate_lines(cfg: ScoreConfig, st: StageConfig, items: list[tuple[str, B.Item]],
+                   served: str | None = None) -> list[str]:
+    """``--check``'s lines for one stage: the (benchmark, item) pairs still to score, their token estimate
+    and cost bound, and a prompt of each benchmark as the model will see it."""
+    from cascade.scoring.stage import MessagePrompter, Prompter
+
+    tok, how = _tokenizer_for(st)
+    prompter = Prompter(tok) if tok is not None else MessagePrompter()
+
+    def count(message: str) -> int:
+        if tok is not None:
+            return len(prompter.ids(message))
+        return max(1, len(prompter.text(message).encode()) // 4)
+
+    fields = st.engine_fields()
+    exact = st.engine_spec().needs == "endpoint" and getattr(fields, "choice_logprobs", "") != "top_logprobs"
+    a_in = a_out = p_in = p_out = x_in = x_out = 0
+    samples: dict[str, tuple[B.Item, str]] = {}
+    for bname, it in items:
+        bench = B.get(bname)
+        mnt = st.max_new_tokens or bench.max_new_tokens
+        n_in = count(it.prompt)
+        a_in, a_out = a_in + n_in, a_out + mnt
+        needs = S.needed(cfg.signals, bench.task)
+        if "ptrue" in needs:
+            p_in, p_out = p_in + count(B.ptrue_prompt(it, "")) + mnt, p_out + 1
+        if "choices" in needs and exact:
+            x_in += 4 * len(it.choices or ()) * (n_in + 1)  # one request per spelling of each option letter
+            x_out += 4 * len(it.choices or ())
+        if bname not in samples:
+            samples[bname] = (it, prompter.text(it.prompt))
+    where = f"; {served}" if served else ""
+    out = [f"stage {st.name} (engine {st.engine}{where}): {len(items)} prompt(s) to score"]
+    if not items:
+        return out
+    pin, pout = st.price.input, st.price.output
+    out.append(f"  input tokens: {a_in:,} answer pass{f', {p_in:,} P(True) pass' if p_in else ''} ({how})")
+    out.append(f"  output tokens: <= {a_out:,} answer pass (max_new_tokens)"
+               f"{f', {p_out:,} P(True) pass' if p_out else ''}")
+    cost = ((a_in + p_in) * pin + (a_out + p_out) * pout) / 1e6
+    line = f"  cost: <= ${cost:.6f} (USD per 1M tokens: input {pin:g}, output {pout:g})"
+    if x_in:
+        line += (f"; <= ${cost + (x_in * pin + x_out * pout) / 1e6:.6f} if the server scores "
+                 f"option letters exactly (prompt log-probs: about {x_in:,} input tokens more)")
+    if st.max_cost_usd is not None:
+        line += (f"; max_cost_usd {st.max_cost_usd:g}: " + ("within it" if cost <= st.max_cost_usd else
+                 "the stage stops before it goes over; the rest are failed rows a rerun with more budget scores"))
+    out.append(line)
+    for bname, (it, text) in samples.items():
+        out.append(f"  prompt ({bname}, query {it.query_id}):")
+        out.extend("    " + ln for ln in text.splitlines())
+    return out
 
 
 def run(config, *, progress: bool | None = None) -> dict:
@@ -405,14 +612,17 @@ def run(config, *, progress: bool | None = None) -> dict:
     t0 = time.perf_counter()
     cfg = load_config(config)
     _check_runners(cfg)
+    preflight(cfg)
     shards, per_split = plan(cfg)
     run_id = uuid.uuid4().hex[:12]
     stats = {st.name: StageStats(runner=runner_of(st)) for st in cfg.stages}
     todo = _todo(cfg, shards, per_split, stats, run_id)
+    failures: list[dict] = []
     if any(todo.values()):
         ray = _ray_init(cfg)
         _check_resources(cfg, ray)
-        _execute(cfg, todo, stats, run_id, progress=cfg.ray.progress if progress is None else progress)
+        failures = _execute(cfg, todo, stats, run_id, progress=cfg.ray.progress if progress is None else progress)
+    failed_file = _write_failed(Path(cfg.out), failures)
 
     seconds = time.perf_counter() - t0
     scored = sum(s.scored_records for s in stats.values())
@@ -425,6 +635,8 @@ def run(config, *, progress: bool | None = None) -> dict:
         "skipped_shards": sum(s.skipped_shards for s in stats.values()),
         "rescored_shards": sum(s.rescored_shards for s in stats.values()),
         "n_shards": sum(s.n_shards for s in stats.values()),
+        "failed_rows": len(failures),
+        "failed_rows_file": str(failed_file) if failed_file else None,
         "seconds": seconds,
         "queries_per_s": scored / seconds if seconds > 0 else 0.0,
         "output_tokens_per_s": out_tokens / seconds if seconds > 0 else 0.0,
@@ -435,8 +647,8 @@ def run(config, *, progress: bool | None = None) -> dict:
 def _shard_frames(name: str, shards: list[Shard]) -> list[pd.DataFrame]:
     """One DataFrame (one Ray Data block) per shard: the id column ``shard`` and the items."""
     return [pd.DataFrame({"shard": sh.key, "stage": name, "benchmark": sh.benchmark, "split": sh.split,
-                          "query_id": [it.query_id for it in sh.items],
-                          "item": [_item_json(it) for it in sh.items]}) for sh in shards]
+                          "query_id": [it.query_id for it in sh.todo_items],
+                          "item": [_item_json(it) for it in sh.todo_items]}) for sh in shards]
 
 
 def _remote_args(cfg: ScoreConfig) -> dict:
@@ -464,7 +676,9 @@ def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str):
     stage_cfg = {st.name: st for st in cfg.stages}
     benchmarks = sorted({sh.benchmark for q in todo.values() for sh in q})
     judged = sorted(b for b in benchmarks if B.get(b).task == "free_text") if cfg.judge else []
-    columns = output_columns(cfg, benchmarks)
+    from cascade.scoring.stage import FAILED
+
+    columns = output_columns(cfg, benchmarks) + [FAILED]
     tasks = B.specs(benchmarks)  # tasks from files: the workers get their definitions, not their paths
     parts = []
     for name, shards in todo.items():
@@ -477,19 +691,24 @@ def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str):
         else:
             ds = _map_batches(ds, StageWorker, st, cfg, len(shards), fn_constructor_kwargs=dict(
                 stage=st.model_dump(), signals=list(cfg.signals), grading=cfg.grading.model_dump(), run_id=run_id,
-                columns=columns, keep_items=bool(judged), tasks=tasks))
+                columns=columns, keep_items=bool(judged), tasks=tasks, engine_module=st.engine_spec().module))
         parts.append(ds)
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if judged:
         n = sum(len(q) for q in todo.values())
         ds = _map_batches(ds, JudgeWorker, cfg.judge, cfg, n,
-                          fn_constructor_kwargs=dict(stage=cfg.judge.model_dump(), benchmarks=judged, tasks=tasks))
+                          fn_constructor_kwargs=dict(stage=cfg.judge.model_dump(), benchmarks=judged, tasks=tasks,
+                                                     engine_module=cfg.judge.engine_spec().module))
     return ds
 
 
 def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, StageStats], run_id: str, *,
-             progress: bool) -> None:
+             progress: bool) -> list[dict]:
+    """Run the pipeline, writing each shard once complete; returns the rows that failed (their shards'
+    other rows kept in ``.pending`` for a rerun)."""
     from ray.data import DataContext
+
+    from cascade.scoring.stage import FAILED
 
     try:
         from tqdm.auto import tqdm
@@ -504,7 +723,9 @@ def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, St
     t_start = time.time()
     shard_of = {sh.key: (name, sh) for name, q in todo.items() for sh in q}
     pending: dict[str, dict[int, dict]] = {}  # shard -> query_id -> row (a retried batch overwrites, never adds)
+    failed: dict[str, dict[int, str]] = {}  # shard -> query_id -> error
     done: set[str] = set()
+    failures: list[dict] = []
     bars = {}
     if progress and tqdm is not None:
         for i, st in enumerate(cfg.stages):
@@ -521,14 +742,36 @@ def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, St
                         continue  # rows of a retried batch whose shard is already written
                     name, sh = shard_of[key]
                     acc = pending.setdefault(key, {})
+                    bad = failed.setdefault(key, {})
                     for row in g.to_dict("records"):
-                        acc[int(row["query_id"])] = row
-                    if len(acc) == sh.n:
-                        _finish(cfg, name, sh, pd.DataFrame([acc[q] for q in sorted(acc)]), stats[name])
+                        q = int(row["query_id"])
+                        err = row.pop(FAILED, None)
+                        if isinstance(err, str) and err:
+                            bad[q] = err
+                            acc.pop(q, None)
+                        else:
+                            acc[q] = row
+                            bad.pop(q, None)
+                    if len(acc) + len(bad) == len(sh.todo_items):
+                        new = pd.DataFrame([acc[q] for q in sorted(acc)])
+                        rows = new if sh.done is None or not len(sh.done) else pd.concat(
+                            [sh.done, new], ignore_index=True) if len(new) else sh.done
+                        if bad:
+                            if len(rows):
+                                _keep_partial(Path(cfg.out), sh, rows)
+                            stats[name].failed_rows += len(bad)
+                            failures.extend({"benchmark": sh.benchmark, "split": sh.split, "query_id": q,
+                                             "model": name, "error": e, "run_id": run_id}
+                                            for q, e in sorted(bad.items()))
+                            _note_scored(new, stats[name])
+                        else:
+                            rows = rows.sort_values("query_id", kind="stable").reset_index(drop=True)
+                            _finish(cfg, name, sh, rows, stats[name], new=new)
+                            _drop_partial(Path(cfg.out), sh)
                         done.add(key)
-                        del pending[key]
+                        del pending[key], failed[key]
                         if name in bars:
-                            bars[name].update(sh.n)
+                            bars[name].update(len(sh.todo_items))
         except (records.RecordsError, ConfigError):
             raise
         except Exception as e:
@@ -539,6 +782,7 @@ def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, St
     left = [k for k in shard_of if k not in done]
     if left:  # Ray Data finished without error but some shard did not come back complete
         raise RuntimeError(f"cascade score: {len(left)} shard(s) came back incomplete, e.g. {left[0]}; rerun to score them")
+    return failures
 
 
 def _short(e: BaseException) -> str:
@@ -564,13 +808,22 @@ def _note_actors(batch: pd.DataFrame, stats: dict[str, StageStats], t_start: flo
             s.restarted.add(actor)
 
 
-def _finish(cfg: ScoreConfig, name: str, sh: Shard, df: pd.DataFrame, s: StageStats) -> None:
+def _finish(cfg: ScoreConfig, name: str, sh: Shard, df: pd.DataFrame, s: StageStats,
+            new: pd.DataFrame | None = None) -> None:
+    """Write a complete shard; ``new`` (default: all of ``df``) are the rows this run scored."""
     from cascade.scoring.stage import column_order
 
     keep = expected_columns(sh.benchmark, list(cfg.signals)) | (set(records.OPTIONAL_FIELDS) & set(df.columns))
     df = column_order(df[[c for c in df.columns if c in keep]])
     table = records.to_arrow(records.validate(df, source=str(sh.path)))
     records.write_part(table, sh.path, store=cfg.out)
+    _note_scored(df if new is None else new, s)
+
+
+def _note_scored(df: pd.DataFrame, s: StageStats) -> None:
+    """Count the rows this run scored (tokens, engine time) in the stage's stats."""
+    if not len(df):
+        return
     s.scored_records += len(df)
     s.input_tokens += int(df["input_tokens"].sum())
     s.output_tokens += int(df["output_tokens"].sum())
@@ -623,7 +876,7 @@ class _LLMRows:
             toks = json.loads(toks)
             lps = [{int(t): v for t, v in pos} for pos in json.loads(lps)]
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            out.append(vllm_result(r, toks, lps, text, self.stop_ids, float(sec)))
+            out.append(vllm_result(r, toks, lps, text, self.stop_ids, float(sec), self.max_logprobs))
         return out
 
     def _requests(self, batch: pd.DataFrame, reqs) -> pd.DataFrame:
@@ -671,7 +924,7 @@ class _LLMRows:
             df = ST.record_rows(self.info, B.get(bench), split, [_item(s) for s in g["item"]], list(g["text"]),
                                 [answers[i] for i in idx], pt,
                                 signals=self.signals, grading=self.grading, run_id=self.run_id)
-            df = df.reindex(columns=self.columns)
+            df = _with_failed(df.reindex(columns=self.columns))
             df["shard"], df["stage"] = g["shard"].to_numpy(), g["stage"].to_numpy()
             if self.keep_items:
                 df["item"] = g["item"].to_numpy()
@@ -794,6 +1047,7 @@ def command(config: str, *, out: str | None = None, limit: int | None = None, ch
     if check_only:
         print(check(cfg))
         return 0
+    rc = 0
     if as_json:  # the JSON is all that reaches stdout: whatever else writes to it (Ray's C++ logs) goes to stderr
         sys.stdout.flush()
         json_fd = os.dup(1)
@@ -814,6 +1068,12 @@ def command(config: str, *, out: str | None = None, limit: int | None = None, ch
             f"rescored) in {stats['seconds']:.1f}s: {stats['queries_per_s']:.2f} queries/s, "
             f"{stats['output_tokens_per_s']:.1f} output tokens/s -> {stats['out_dir']}"
         )
+    if stats.get("failed_rows"):
+        per = ", ".join(f"{k}: {v['failed_rows']}" for k, v in stats["stages"].items() if v.get("failed_rows"))
+        print(f"cascade score: {stats['failed_rows']} row(s) failed ({per}; listed in {stats['failed_rows_file']}); "
+              "every other record is written. Rerun the same command to score only the failed rows.",
+              file=sys.stderr)
+        rc = 1
     if track:
         import tracking
 
@@ -825,7 +1085,7 @@ def command(config: str, *, out: str | None = None, limit: int | None = None, ch
                   f"later with `cascade log {stats['out_dir']}`", file=sys.stderr)
             return 3
         print(f"logged scoring run {run_id} to {tracking.tracking_uri(tracking_uri)}", file=sys.stderr)
-    return 0
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,7 @@ OPTIONAL_FIELDS: dict[str, pa.DataType] = {
     "prompt_sha1": pa.string(),
     "run_id": pa.string(),
     "scored_at": pa.string(),
+    "signal_methods": pa.string(),  # JSON {signal column: how the engine obtained it}, per record
 }
 
 SIGNAL_PREFIX = "conf_"

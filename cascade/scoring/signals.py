@@ -14,6 +14,9 @@ the scoring stage ``needs`` to compute it, the benchmark ``tasks`` it applies to
 - ``ptrue``: a second, self-evaluation pass (the question, the proposed answer, "true or false?") that
   returns the log-probs of True/False.
 
+Each record says how its signals were computed: :func:`methods` (the ``signal_methods`` column) reads
+what the engine reported for the part a signal is computed from (``GenResult.provenance``).
+
 Adding a signal is one :func:`register` call (here, or in a plugin): scoring configs accept its name,
 :mod:`cascade.scoring.stage` computes it, ``jobs/score.py`` expects its column in finished shards and
 the calibration picks its transform. No Ray, no engine, no benchmark import at module level.
@@ -76,6 +79,8 @@ def register(sig: Signal) -> Signal:
         raise ValueError(f"signal {sig.name}: needs must be one of {', '.join(NEEDS)}")
     if not sig.column.startswith("conf_"):
         raise ValueError(f"signal {sig.name}: its column must start with conf_ (records' signal prefix)")
+    if sig.name in SIGNALS and SIGNALS[sig.name] != sig:
+        raise ValueError(f"signal {sig.name!r} is already registered; choose another name")
     SIGNALS[sig.name] = sig
     return sig
 
@@ -181,6 +186,22 @@ def columns_for(signal_names: Iterable[str], task: str) -> list[str]:
 def needed(signal_names: Iterable[str], task: str) -> set[str]:
     """What the engine must be asked for (see :data:`NEEDS`) to compute ``signal_names`` on ``task``."""
     return {SIGNALS[n].needs for n in signal_names if SIGNALS[n].applies_to(task)}
+
+
+def method(sig: Signal, obs: Observation) -> str:
+    """How the engine obtained what ``sig`` is computed from, as it reported it (``GenResult.provenance``):
+    the answer's token log-probs and top-2 (``generation``), the option letters' log-probs at the first
+    generated position (``choices``) or the P(True) pass's True/False log-probs (``ptrue``)."""
+    if sig.needs == "ptrue":
+        return (getattr(obs.ptrue, "provenance", None) or {}).get("watch", "unknown")
+    part = "watch" if sig.needs == "choices" else "logprobs"
+    return (getattr(obs.answer, "provenance", None) or {}).get(part, "unknown")
+
+
+def methods(signal_names: Iterable[str], obs: Observation) -> dict[str, str]:
+    """``{column: method}`` for the signals of ``signal_names`` that apply to ``obs.task`` (the records'
+    ``signal_methods`` column)."""
+    return {SIGNALS[n].column: method(SIGNALS[n], obs) for n in signal_names if SIGNALS[n].applies_to(obs.task)}
 
 
 def compute(signal_names: Iterable[str], obs: Observation) -> dict[str, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,11 @@ import pandas as pd
 from cascade.data import benchmarks as B
 from . import signals as S
 from .engines.base import Engine, GenRequest, GenResult
+
+
+#: the column a records row of a failed request carries instead of values (its error); such rows are not
+#: records: ``jobs/score.py`` sets them aside and a rerun scores them again
+FAILED = "_error"
 
 
 @dataclass(frozen=True)
@@ -38,30 +44,32 @@ class StageInfo:
     price_output: float = 0.0
     max_new_tokens: int | None = None
 
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """USD for these tokens at the stage's prices (per 1M)."""
+        return (input_tokens * self.price_input + output_tokens * self.price_output) / 1e6
+
 
 def stage_info(st, model_path: str) -> StageInfo:
     """The records' view of a stage config (:class:`cascade.scoring.config.StageConfig`)."""
-    return StageInfo(st.name, st.engine, model_path, st.dtype, st.price.input, st.price.output, st.max_new_tokens)
+    dtype = st.dtype if st.engine_spec().needs == "local_model" else "served"  # the server's choice
+    return StageInfo(st.name, st.engine, model_path, dtype, st.price.input, st.price.output, st.max_new_tokens)
 
 
 def load_stage(st) -> tuple[Engine, StageInfo]:
-    """Load a stage's engine (the model converted/resolved first) with the stage's settings."""
-    import math
+    """Load a stage's engine through the engine registry (a local model is converted/resolved first, an
+    endpoint engine connects) with the stage's settings."""
+    engine = st.engine_spec().engine_class().from_stage(st)
+    return engine, stage_info(st, engine.model_path)
 
-    from .engines import make_engine
-    from .models import materialize
 
-    threads = st.resources.threads or max(1, math.ceil(st.resources.num_cpus))
-    path = materialize(st.model)
-    kw = dict(dtype=st.dtype, batch_size=st.batch_size, threads=threads, max_model_len=st.max_model_len,
-              tensor_parallel_size=st.resources.tensor_parallel_size, **st.engine_options)
-    if st.engine == "transformers" and st.device:
-        kw["device"] = st.device
-    return make_engine(st.engine, path, **kw), stage_info(st, path)
+def spellings(word: str) -> list[str]:
+    """The spellings of an answer word that count as the word: 'W', ' W', 'w', ' w'."""
+    return list(dict.fromkeys([word, " " + word, word.lower(), " " + word.lower()]))
 
 
 class Prompter:
-    """Renders a user message with the model's chat template when it has one, else as plain text."""
+    """Renders a user message with the model's chat template when it has one, else as plain text, and
+    makes an engine request of it (token ids; watched words as the token ids of their spellings)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -79,12 +87,15 @@ class Prompter:
         # a chat template writes its own special tokens; plain text gets the tokenizer's (e.g. <bos>)
         return list(self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"])
 
+    def request(self, message: str, max_new_tokens: int, words=(), exact: bool = False) -> GenRequest:
+        return GenRequest(self.ids(message), max_new_tokens, self.variants(words) if words else [])
+
     def variants(self, words) -> list[list[int]]:
-        """For each word, the single-token ids of its spellings 'W', ' W', 'w', ' w'."""
+        """For each word, the single-token ids of its spellings (:func:`spellings`)."""
         groups = []
         for w in words:
             ids = []
-            for v in dict.fromkeys([w, " " + w, w.lower(), " " + w.lower()]):
+            for v in spellings(w):
                 t = self.tokenizer(v, add_special_tokens=False)["input_ids"]
                 if len(t) == 1 and t[0] not in ids:
                     ids.append(int(t[0]))
@@ -92,20 +103,33 @@ class Prompter:
         return groups
 
 
+class MessagePrompter:
+    """For engines that render prompts themselves (an API server applies the model's chat template): the
+    request carries the message, and the watched words as their spellings."""
+
+    chat = True
+
+    def text(self, message: str) -> str:
+        return message
+
+    def request(self, message: str, max_new_tokens: int, words=(), exact: bool = False) -> GenRequest:
+        return GenRequest([], max_new_tokens, message=message, watch_text=[spellings(w) for w in words],
+                          exact_watch=exact)
+
+
 def answer_requests(prompter: Prompter, bench: B.Benchmark, items: list[B.Item], signals: list[str],
                     max_new_tokens: int) -> tuple[list[str], list[GenRequest]]:
     """The rendered prompts and the answering pass's requests (option letters watched when a signal needs them)."""
     watch_choices = "choices" in S.needed(signals, bench.task)
     texts = [prompter.text(it.prompt) for it in items]
-    reqs = [GenRequest(prompter.ids(it.prompt), max_new_tokens, prompter.variants(it.choices) if watch_choices else [])
+    reqs = [prompter.request(it.prompt, max_new_tokens, it.choices if watch_choices else (), exact=watch_choices)
             for it in items]
     return texts, reqs
 
 
 def ptrue_requests(prompter: Prompter, items: list[B.Item], answers: list[str]) -> list[GenRequest]:
     """The P(True) pass: one token, True/False watched, after the proposed answer."""
-    tf = prompter.variants(["True", "False"])
-    return [GenRequest(prompter.ids(B.ptrue_prompt(it, a)), 1, tf) for it, a in zip(items, answers)]
+    return [prompter.request(B.ptrue_prompt(it, a), 1, ["True", "False"]) for it, a in zip(items, answers)]
 
 
 def needs_ptrue(bench: B.Benchmark, signals: list[str]) -> bool:
@@ -120,17 +144,20 @@ def record_rows(stage: StageInfo, bench: B.Benchmark, split: str, items: list[B.
     rows = []
     for k, (it, text, r) in enumerate(zip(items, texts, answers)):
         p = ptrue[k] if ptrue is not None else None
+        key = {"benchmark": bench.name, "split": split, "query_id": int(it.query_id), "model": stage.model}
+        err = r.error or (p.error if p is not None else None)
+        if err:  # never a record with made-up values: the row is marked and the caller sets it aside
+            rows.append({**key, FAILED: err})
+            continue
         row = {
-            "benchmark": bench.name,
-            "split": split,
-            "query_id": int(it.query_id),
-            "model": stage.model,
+            **key,
             "correct": B.grade(bench, it, r.text, grading),
             "input_tokens": r.input_tokens,
             "output_tokens": r.output_tokens,
-            "cost": (r.input_tokens * stage.price_input + r.output_tokens * stage.price_output) / 1e6,
+            "cost": stage.cost(r.input_tokens + r.extra_input_tokens, r.output_tokens + r.extra_output_tokens),
         }
-        row.update(S.compute(signals, S.Observation(it, bench.task, r, p)))
+        obs = S.Observation(it, bench.task, r, p)
+        row.update(S.compute(signals, obs))
         row.update(
             answer=r.text,
             target=it.target,
@@ -140,11 +167,12 @@ def record_rows(stage: StageInfo, bench: B.Benchmark, split: str, items: list[B.
             dtype=stage.dtype,
             prompt_sha1=hashlib.sha1(text.encode()).hexdigest(),
             run_id=run_id,
+            signal_methods=json.dumps(S.methods(signals, obs), sort_keys=True),
         )
         if p is not None:
             row["ptrue_input_tokens"] = p.input_tokens
             row["ptrue_output_tokens"] = p.output_tokens
-            row["ptrue_cost"] = (p.input_tokens * stage.price_input + p.output_tokens * stage.price_output) / 1e6
+            row["ptrue_cost"] = stage.cost(p.input_tokens, p.output_tokens)
         rows.append(row)
     df = pd.DataFrame(rows)
     df["scored_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -164,7 +192,7 @@ def score_items(
 ) -> pd.DataFrame:
     """Answer ``items`` with ``engine`` and return one records row per item (correct: reference grader)."""
     bench = B.get(benchmark)
-    prompter = Prompter(engine.tokenizer)
+    prompter = engine.prompter()
     texts, reqs = answer_requests(prompter, bench, items, signals, stage.max_new_tokens or bench.max_new_tokens)
     res = engine.generate(reqs)
     pt = engine.generate(ptrue_requests(prompter, items, [r.text for r in res])) if needs_ptrue(bench, signals) else None
@@ -172,19 +200,21 @@ def score_items(
 
 
 def judge_requests(prompter: Prompter, bench: B.Benchmark, items: list[B.Item], answers: list[str]) -> list[GenRequest]:
-    yn = prompter.variants([bench.judge.yes, bench.judge.no])
-    return [GenRequest(prompter.ids(B.judge_prompt(bench, it, a)), 1, yn) for it, a in zip(items, answers)]
+    return [prompter.request(B.judge_prompt(bench, it, a), 1, [bench.judge.yes, bench.judge.no])
+            for it, a in zip(items, answers)]
 
 
 def verdicts(results: list[GenResult]) -> np.ndarray:
-    """A judge's verdicts in {0, 1}: P(Yes) > P(No) at its first generated position."""
-    return np.array([float(r.watch_logprobs[0] > r.watch_logprobs[1]) for r in results], dtype=np.float64)
+    """A judge's verdicts in {0, 1}: P(Yes) > P(No) at its first generated position (NaN: the request
+    failed)."""
+    return np.array([np.nan if r.error else float(r.watch_logprobs[0] > r.watch_logprobs[1]) for r in results],
+                    dtype=np.float64)
 
 
 def judge_items(engine: Engine, benchmark: str, items: list[B.Item], answers: list[str]) -> np.ndarray:
     """A judge model's verdicts in {0, 1}: P(Yes) > P(No) at its first generated position."""
     bench = B.get(benchmark)
-    return verdicts(engine.generate(judge_requests(Prompter(engine.tokenizer), bench, items, answers)))
+    return verdicts(engine.generate(judge_requests(engine.prompter(), bench, items, answers)))
 
 
 def column_order(df: pd.DataFrame) -> pd.DataFrame:

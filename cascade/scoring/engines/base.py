@@ -19,6 +19,13 @@ class GenRequest:
     max_new_tokens: int
     #: token-id groups whose log-probs at the first generated position are returned (log-sum-exp per group)
     watch: list[list[int]] = field(default_factory=list)
+    #: engines that render prompts themselves (an API server): the user message, and the watched groups
+    #: as spellings (strings) instead of token ids
+    message: str | None = None
+    watch_text: list[list[str]] = field(default_factory=list)
+    #: the watched groups are the options of a multiple-choice answer: an engine that can score them
+    #: exactly (an API server with prompt log-probs) does so
+    exact_watch: bool = False
 
 
 @dataclass
@@ -32,6 +39,22 @@ class GenResult:
     output_tokens: int
     stopped: bool  # True when a stop token ended the answer
     seconds: float  # this request's share of the engine's wall time on the accelerator
+    #: how the log-probs were obtained, per part: "logprobs" (answer tokens, top-2) and "watch" (watched
+    #: groups); the records' ``signal_methods`` column is built from it
+    provenance: dict = field(default_factory=dict)
+    #: why this request has no result (an API call that still failed after its retries); the other
+    #: fields are then empty and the row is recorded as failed, never as a record
+    error: str | None = None
+    #: tokens of extra requests this result needed (exact option-letter log-probs through prompt log-probs);
+    #: they are paid for, so the row's cost includes them
+    extra_input_tokens: int = 0
+    extra_output_tokens: int = 0
+
+
+def failed_result(request: "GenRequest", error: str) -> "GenResult":
+    """The result of a request that could not be answered."""
+    return GenResult(token_ids=[], text="", token_logprobs=[], top2_logprobs=(float("-inf"), float("-inf")),
+                     watch_logprobs=[], input_tokens=0, output_tokens=0, stopped=False, seconds=0.0, error=error)
 
 
 class Engine(ABC):
@@ -57,6 +80,29 @@ class Engine(ABC):
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
         self.tokenizer = None
+
+    @classmethod
+    def stage_kwargs(cls, st) -> dict:
+        """The keyword arguments a stage config (:class:`cascade.scoring.config.StageConfig`) gives this
+        engine's constructor (besides the model path)."""
+        import math
+
+        threads = st.resources.threads or max(1, math.ceil(st.resources.num_cpus))
+        return dict(dtype=st.dtype, batch_size=st.batch_size, threads=threads, max_model_len=st.max_model_len,
+                    tensor_parallel_size=st.resources.tensor_parallel_size, **st.engine_options)
+
+    @classmethod
+    def from_stage(cls, st) -> "Engine":
+        """The engine of a stage config: a local model is resolved (a tiny model converted once) first."""
+        from ..models import materialize
+
+        return cls(materialize(st.model), **cls.stage_kwargs(st))
+
+    def prompter(self):
+        """What renders a stage's messages into this engine's requests (see :mod:`cascade.scoring.stage`)."""
+        from ..stage import Prompter
+
+        return Prompter(self.tokenizer)
 
     @abstractmethod
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from .base import Engine, GenRequest, GenResult, stop_token_ids
+from .registry import EngineSpec, register
 
 
 class _Recorder:
@@ -36,6 +37,10 @@ class _Recorder:
         return scores
 
 
+#: both parts come from the full-vocabulary log-softmax of the raw logits
+PROVENANCE = {"logprobs": "full-vocab", "watch": "full-vocab"}
+
+
 class TransformersEngine(Engine):
     name = "transformers"
     OPTIONS: dict[str, type] = {}  # the device is the stage's own ``device`` field
@@ -58,6 +63,13 @@ class TransformersEngine(Engine):
         if pad is None:
             pad = next(iter(self.stop_ids)) if self.stop_ids else 0
         self.pad_id = int(pad)
+
+    @classmethod
+    def stage_kwargs(cls, st) -> dict:
+        kw = super().stage_kwargs(st)
+        if st.device:
+            kw["device"] = st.device
+        return kw
 
     def _batch(self, reqs: list[GenRequest]) -> list[GenResult]:
         import torch
@@ -103,6 +115,7 @@ class TransformersEngine(Engine):
                     output_tokens=len(toks),
                     stopped=stopped,
                     seconds=seconds / len(reqs),
+                    provenance=dict(PROVENANCE),
                 )
             )
         return results
@@ -116,3 +129,10 @@ class TransformersEngine(Engine):
             for i, res in zip(idx, self._batch([requests[i] for i in idx])):
                 out[i] = res
         return out  # type: ignore[return-value]
+
+
+register(EngineSpec(
+    name="transformers", factory=f"{__name__}:TransformersEngine", needs="local_model",
+    description="Hugging Face transformers on CPU (default) or CUDA (device: cuda)",
+    options=TransformersEngine.OPTIONS,
+))

