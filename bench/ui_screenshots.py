@@ -4,7 +4,11 @@ Starts ``mlflow ui`` on the store on loopback (a free port), finds through the s
 experiment, a comparison's parent run (tag ``cascade.comparison=true``, else any ``cascade.kind=parent``)
 and one of its tuning runs, and takes PNG screenshots of:
 
-1. ``runs_by_method.png``: the experiment's runs table grouped by method (tag ``cascade.method``) with the
+0. the journey (:func:`journey`): home page -> experiment -> parent run -> report.html -> a budget, clicked in a
+   fresh Playwright profile (``journey_*.png``, ``journey.json``: where it landed, the answer, clicks per step);
+1. ``runs_by_method.png``: with selection runs (``cascade select --method a,b``, the demo), only those, one row per
+   method with ``answer_test_error_at_usd<B>`` at every budget as columns; otherwise the experiment's runs
+   table grouped by method (tag ``cascade.method``) with the
    ``auc_shared`` column, sorted by it (a shared view: an experiment tag ``mlflow.sharedViewState.<key>``
    holding the view, opened with ``?viewStateShareKey=<key>``, what the UI's own "Share" button writes);
 2. ``parent_table.png``: the parent run's comparison table (``comparison_table.json``);
@@ -100,6 +104,15 @@ def grouped_view(method_tag: str = "cascade.method", metric: str = "auc_shared",
         "groupsExpanded": {}, "autoRefreshEnabled": False, "useGroupedValuesInCharts": True,
         "hideEmptyCharts": True, "chartsSearchFilter": "",
     }
+
+
+def selection_view(columns: list[str]) -> dict:
+    """The runs table showing only the selection runs (one per method), the answer's test error at every
+    absolute budget as columns: each method's answer per budget side by side, nothing averaged."""
+    view = grouped_view(metric=columns[len(columns) // 2].split("`")[1], columns=["tags.`cascade.method`", *columns])
+    view["groupBy"] = None
+    view["searchFilter"] = "tags.`cascade.kind` = 'select' and tags.`cascade.method` != ''"
+    return view
 
 
 def screenshot(chromium: str, url: str, path: Path, size: str, wait_ms: int) -> None:
@@ -297,6 +310,10 @@ def main(argv=None) -> int:
             view = grouped_view(metric="pct_change", columns=cols + ["tags.`cascade.chain`"])
         else:
             view = grouped_view()
+            sels = _search(base, exp_id, "tags.`cascade.kind` = 'select' and tags.`cascade.method` != ''")
+            budgets = (_tags(parents[0]).get("cascade.budgets_usd") or "").split(",")
+            if sels and budgets != [""]:  # one row per method's selection, its answer at every budget: no means
+                view = selection_view([f"metrics.`answer_test_error_at_usd{b}`" for b in budgets])
         key = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:16]
         _api(base, "experiments/set-experiment-tag",
              {"experiment_id": exp_id, "key": f"mlflow.sharedViewState.{key}", "value": json.dumps(view)})
