@@ -1,6 +1,11 @@
 """Scoring throughput and memory: the Ray Data pipeline (jobs.score.run) against the bare engine.
 
     .venv/bin/python bench/scoring_throughput.py [--model smollm2-135m] [--n 150] [--scale 10] [--threads 2] [--device cpu|cuda]
+    .venv/bin/python bench/scoring_throughput.py --short --n 20000 --scale 10 --max-new-tokens 1 --signals answer
+
+``--short`` scores generated short prompts instead of MMLU ("What is 17 + 25?", a JSONL file of
+``n x scale`` rows and a task file naming it, written to a temporary folder: a task from a file, read
+shard by shard as any large dataset is).
 
 1. bare: one in-process engine scores the first ``n`` MMLU test questions shard by shard
    (``cascade.scoring.stage.score_items``, all six signals, so the P(True) pass runs too);
@@ -87,6 +92,27 @@ def blas_threads() -> str:
     return ", ".join(sorted({f"{i['prefix']}:{i['num_threads']}" for i in threadpool_info()})) or "none"
 
 
+SHORT_TASK = """task: short
+grader: number
+data_files: {test: short-test.jsonl}
+doc_to_text: "What is {{ a }} + {{ b }}? Reply with the number only."
+doc_to_target: "{{ a + b }}"
+max_new_tokens: 1
+"""
+
+
+def write_short(folder: Path, rows: int) -> str:
+    """``rows`` short prompts as JSONL and the task file naming them; returns the task file's path."""
+    import random
+
+    rng = random.Random(0)
+    with open(folder / "short-test.jsonl", "w") as f:
+        for _ in range(rows):
+            f.write(f'{{"a": {rng.randint(1, 99)}, "b": {rng.randint(1, 99)}}}\n')
+    (folder / "short.yaml").write_text(SHORT_TASK)
+    return str(folder / "short.yaml")
+
+
 def data_dir(arg: str | None, need: int) -> str:
     import pandas as pd
 
@@ -103,12 +129,13 @@ def data_dir(arg: str | None, need: int) -> str:
 
 def config(a, n: int, out: str, signals: list[str]) -> dict:
     return {
-        "benchmarks": [{"name": "mmlu", "splits": ["test"], "limit": n}],
+        "benchmarks": [{"name": a.task, "splits": ["test"], "limit": n}],
         "data_dir": a.data_dir, "out": out, "shard_size": a.shard_size, "signals": signals,
         "stages": [{
             "name": a.model, "model": a.model, "engine": "transformers", "dtype": a.dtype, "batch_size": a.batch_size,
             "resources": {"num_cpus": a.threads, "threads": a.threads, "num_gpus": 1 if a.device == "cuda" else 0},
             "price": {"input": 0.01, "output": 0.02}, **({"device": a.device} if a.device == "cuda" else {}),
+            **({"max_new_tokens": a.max_new_tokens} if a.max_new_tokens else {}),
         }],
         "ray": {"progress": False},
     }
@@ -128,12 +155,12 @@ def bare(a, n: int, signals: list[str]) -> dict:
         eng = make_engine("transformers", path, dtype=a.dtype, batch_size=a.batch_size, threads=a.threads,
                           **({"device": a.device} if a.device == "cuda" else {}))
         load = time.perf_counter() - t0
-        its = B.items("mmlu", B.load_split("mmlu", "test", data_dir=a.data_dir, limit=n))
-        info = StageInfo(a.model, "transformers", path, a.dtype, 0.01, 0.02)
+        its = B.items(a.task, B.load_split(a.task, "test", data_dir=a.data_dir, limit=n))
+        info = StageInfo(a.model, "transformers", path, a.dtype, 0.01, 0.02, a.max_new_tokens)
         t1 = time.perf_counter()
         out_tokens = 0
         for s in range(0, len(its), a.shard_size):
-            df = score_items(eng, info, "mmlu", "test", its[s:s + a.shard_size], signals=signals)
+            df = score_items(eng, info, B.get(a.task).name, "test", its[s:s + a.shard_size], signals=signals)
             out_tokens += int(df["output_tokens"].sum())
         secs = time.perf_counter() - t1
     return {"n": len(its), "load_seconds": load, "seconds": secs, "wall_seconds": m.wall, "cpu_seconds": m.cpu_seconds,
@@ -171,11 +198,21 @@ def main() -> None:
                          "shared machine other loads come and go)")
     ap.add_argument("--no-memory", action="store_true", help="only the bare-vs-pipeline comparison")
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--short", action="store_true", help="generated short prompts (n x scale of them) instead of MMLU")
+    ap.add_argument("--max-new-tokens", type=int, help="the stage's max_new_tokens (default: the task's)")
+    ap.add_argument("--signals", choices=["all", "answer"], default="all",
+                    help="signals of the bare-vs-pipeline runs: all (P(True) pass included) or the answer pass's")
     a = ap.parse_args()
-    a.data_dir = data_dir(a.data_dir, a.n * a.scale)
+    if a.short:
+        a.tmp = tempfile.TemporaryDirectory()
+        a.task, a.data_dir = write_short(Path(a.tmp.name), a.n * a.scale), None
+    else:
+        a.task, a.data_dir = "mmlu", data_dir(a.data_dir, a.n * a.scale)
     from cascade.scoring import signals as S
 
-    all_signals = list(S.names())
+    all_signals = list(S.names()) if a.signals == "all" else ANSWER_SIGNALS
+    if a.short:  # no options to watch in a number task
+        all_signals = [x for x in all_signals if x != "choice_logprob"]
     pairs = []
     for _ in range(max(1, a.repeat)):
         pairs.append((bare(a, a.n, all_signals), pipeline(a, a.n, all_signals)))
@@ -183,12 +220,14 @@ def main() -> None:
     b, p = pairs[-1]
     m1 = m10 = None
     if not a.no_memory:
-        m1 = pipeline(a, a.n, ANSWER_SIGNALS)
-        m10 = pipeline(a, a.n * a.scale, ANSWER_SIGNALS)
+        mem_signals = [x for x in ANSWER_SIGNALS if not (a.short and x == "choice_logprob")]
+        m1 = pipeline(a, a.n, mem_signals)
+        m10 = pipeline(a, a.n * a.scale, mem_signals)
     import ray
 
     ray.shutdown()
     res = {
+        "task": "short prompts (generated)" if a.short else "mmlu", "max_new_tokens": a.max_new_tokens,
         "model": a.model, "dtype": a.dtype, "device": a.device, "threads": a.threads, "batch_size": a.batch_size, "shard_size": a.shard_size,
         "data_dir": a.data_dir, "memory_1x": m1, f"memory_{a.scale}x": m10,
         "pairs": [{"bare": x, "pipeline": y} for x, y in pairs], "ratios": ratios,

@@ -2,8 +2,11 @@
 
 The plan (:func:`plan`) cuts every (benchmark, split) into shards: a fixed range of query ids per
 stage, written to ``<out>/<benchmark>/<stage>/<split>-<start>-<end>.parquet`` (names through
-:func:`cascade.data.records.folder_name`). The shards still to score become one Ray Data dataset per
-stage (``ray.data.from_pandas``, one block per shard, an id column ``shard``); each stage is a
+:func:`cascade.data.records.folder_name`). It reads no row: a split is a
+:class:`cascade.data.benchmarks.Source` (row count, byte offsets of the shards of line files), so the
+driver's memory does not grow with the dataset. The shards still to score become one Ray Data dataset
+per stage (``ray.data.from_items``, one block per shard); :func:`read_shards` (a ``map_batches`` step of
+Ray Data tasks) reads each shard's rows from the file and renders its prompts; each stage is a
 callable class (:class:`StageWorker`, one loaded engine) run by ``map_batches`` on an actor pool of
 ``resources.replicas`` actors with the stage's ``num_cpus``/``num_gpus``; the stages' datasets are
 unioned, so stages run concurrently when the cluster has room; the judge is one more ``map_batches``
@@ -55,11 +58,13 @@ META = ("_actor", "_pid", "_ready_at", "_load_s", "_restarted", "_threads")
 
 @dataclass
 class Shard:
+    """A fixed range of query ids of one split, for one stage: the unit of work, of writing and of resume.
+    It holds no rows: they are read from the split's file where the shard is scored."""
+
     benchmark: str
     split: str
     start: int
     end: int
-    items: list
     path: Path
     #: rows of this shard scored by an earlier run whose other rows failed (kept in ``<out>/.pending``)
     done: pd.DataFrame | None = None
@@ -69,12 +74,16 @@ class Shard:
         return self.end - self.start
 
     @property
-    def todo_items(self) -> list:
-        """The items still to score: all of them, or those an earlier run could not score."""
+    def done_ids(self) -> set[int]:
+        """Query ids an earlier run scored (its other rows failed); none for a shard scored whole."""
         if self.done is None or not len(self.done):
-            return self.items
-        have = set(int(q) for q in self.done["query_id"])
-        return [it for it in self.items if int(it.query_id) not in have]
+            return set()
+        return set(int(q) for q in self.done["query_id"])
+
+    @property
+    def n_todo(self) -> int:
+        """How many queries are still to score: all of them, or those an earlier run could not score."""
+        return self.n - len(self.done_ids)
 
     @property
     def key(self) -> str:
@@ -259,29 +268,31 @@ def output_columns(cfg: ScoreConfig, benchmarks) -> list[str]:
     return list(records.REQUIRED_FIELDS) + sigs + opt
 
 
-def plan(cfg: ScoreConfig) -> tuple[dict[str, list[Shard]], dict[tuple[str, str], list]]:
-    """Load every split (column checks happen here) and cut it into shards per stage. A benchmark is
-    named by its task's name (a task file's ``task:``), whether the config names it or gives its path."""
+def plan(cfg: ScoreConfig) -> tuple[dict[str, list[Shard]], dict[tuple[str, str], B.Source]]:
+    """Cut every split into shards per stage, from its row count alone: each split is a
+    :class:`cascade.data.benchmarks.Source` (the file, its rows, the byte offset of each shard's first row
+    for line formats), so the driver holds a few bytes per shard and no row. A benchmark is named by its
+    task's name (a task file's ``task:``), whether the config names it or gives its path."""
     out = Path(cfg.out)
-    per_split: dict[tuple[str, str], list] = {}
+    per_split: dict[tuple[str, str], B.Source] = {}
     for b in cfg.benchmarks:
         task = cfg.bench_task(b)
         for split in cfg.bench_splits(b):
-            df = B.load_split(b.name, split, data_dir=cfg.bench_data_dir(b), limit=cfg.bench_limit(b))
-            if len(df) == 0:
+            src = B.split_source(task, split, cfg.bench_data_dir(b), limit=cfg.bench_limit(b), step=cfg.shard_size)
+            if src.n == 0:
                 raise ConfigError(f"benchmarks: {task.name}/{split} has no rows")
-            per_split[(task.name, split)] = task.items(df)
+            per_split[(task.name, split)] = src
     shards: dict[str, list[Shard]] = {}
     for st in cfg.stages:
         lst = []
-        for (bench, split), its in per_split.items():
+        for (bench, split), src in per_split.items():
             folder = out / records.folder_name(bench, "benchmark") / records.folder_name(st.name, "model")
             fsplit = records.folder_name(split, "split")
-            n = len(its)
+            n = src.n
             planned = []
             for s in range(0, n, cfg.shard_size):
                 e = min(n, s + cfg.shard_size)
-                planned.append(Shard(bench, split, s, e, its[s:e], folder / f"{fsplit}-{s:06d}-{e:06d}.parquet"))
+                planned.append(Shard(bench, split, s, e, folder / f"{fsplit}-{s:06d}-{e:06d}.parquet"))
             names = {p.path.name for p in planned}
             if folder.exists():
                 for f in folder.glob("*.parquet"):
@@ -393,7 +404,7 @@ def _read_partial(out: Path, sh: Shard, expected: set[str]) -> pd.DataFrame | No
     except Exception as e:  # a damaged partial file: its rows are scored again
         print(f"cascade score: {p}: unreadable ({type(e).__name__}); scoring its rows again", file=sys.stderr)
         return None
-    ids = set(int(it.query_id) for it in sh.items)
+    ids = set(range(sh.start, sh.end))
     if not expected <= set(df.columns) or not set(df["query_id"].astype(int)) <= ids:
         return None  # scored with other settings or cut differently: score the shard whole
     return df
@@ -518,21 +529,23 @@ def check(config) -> str:
     _check_runners(cfg)
     served = preflight(cfg)
     shards, per_split = plan(cfg)
-    n = sum(len(v) for v in per_split.values())
+    n = sum(v.n for v in per_split.values())
     lines = [f"config ok: {n} queries x {len(cfg.stages)} stage(s), {sum(len(v) for v in shards.values())} shards "
              f"-> {cfg.out}"]
     expected = {b: expected_columns(b, list(cfg.signals)) for (b, _s) in per_split}
     for i, st in enumerate(cfg.stages):
-        todo = [(sh.benchmark, it) for sh in shards[st.name] for it in _check_todo(sh, expected[sh.benchmark])]
+        todo = [(sh.benchmark, it) for sh in shards[st.name]
+                for it in _check_todo(sh, expected[sh.benchmark], per_split[(sh.benchmark, sh.split)])]
         lines.extend(estimate_lines(cfg, st, todo, served.get(f"stages.{i}")))
     return "\n".join(lines)
 
 
-def _check_todo(sh: Shard, expected: set[str]) -> list:
-    """The items of ``sh`` a run would score (read-only: nothing is set aside)."""
+def _check_todo(sh: Shard, expected: set[str], src: B.Source) -> list:
+    """The items of ``sh`` a run would score (read-only: nothing is set aside), read from the split's
+    file (``--check`` reads the prompts it estimates)."""
     if sh.path.exists() and shard_problem(sh, expected) is None:
         return []
-    return sh.items
+    return _shard_items(sh.benchmark, sh.start, src.part(sh.start, sh.end))
 
 
 def _tokenizer_for(st: StageConfig):
@@ -621,7 +634,8 @@ def run(config, *, progress: bool | None = None) -> dict:
     if any(todo.values()):
         ray = _ray_init(cfg)
         _check_resources(cfg, ray)
-        failures = _execute(cfg, todo, stats, run_id, progress=cfg.ray.progress if progress is None else progress)
+        failures = _execute(cfg, todo, stats, run_id, per_split,
+                            progress=cfg.ray.progress if progress is None else progress)
     failed_file = _write_failed(Path(cfg.out), failures)
 
     seconds = time.perf_counter() - t0
@@ -644,11 +658,33 @@ def run(config, *, progress: bool | None = None) -> dict:
     }
 
 
-def _shard_frames(name: str, shards: list[Shard]) -> list[pd.DataFrame]:
-    """One DataFrame (one Ray Data block) per shard: the id column ``shard`` and the items."""
-    return [pd.DataFrame({"shard": sh.key, "stage": name, "benchmark": sh.benchmark, "split": sh.split,
-                          "query_id": [it.query_id for it in sh.todo_items],
-                          "item": [_item_json(it) for it in sh.todo_items]}) for sh in shards]
+def _shard_specs(name: str, shards: list[Shard], per_split: dict[tuple[str, str], B.Source]) -> list[dict]:
+    """One row per shard to score: its id, stage, split, where its rows are (a one-shard source) and the
+    query ids an earlier run already scored (``skip``: its rows that did not fail)."""
+    return [{"shard": sh.key, "stage": name, "benchmark": sh.benchmark, "split": sh.split, "start": sh.start,
+             "source": json.dumps(dataclasses.asdict(per_split[(sh.benchmark, sh.split)].part(sh.start, sh.end))),
+             "skip": json.dumps(sorted(sh.done_ids))} for sh in shards]
+
+
+def _shard_items(benchmark: str, start: int, src: B.Source, skip=()) -> list[B.Item]:
+    """A shard's items from its one-shard source (query ids from ``start``), those in ``skip`` left out."""
+    task, skip = B.get(benchmark), set(skip)
+    return [task.item(start + k, row) for k, row in enumerate(B.read_rows(src, 0, src.n)) if start + k not in skip]
+
+
+def read_shards(batch: pd.DataFrame, tasks: list[dict] | None = None) -> pd.DataFrame:
+    """A Ray Data ``map_batches`` step: shard rows -> the shards' queries (rows read from the split's
+    file, prompts rendered from the task's templates): one row per query with ``item`` as JSON."""
+    B.use(tasks)
+    parts = []
+    for r in batch.to_dict("records"):
+        raw = json.loads(r["source"])
+        src = B.Source(**{**raw, "offsets": tuple(raw["offsets"])})
+        its = _shard_items(r["benchmark"], int(r["start"]), src, json.loads(r["skip"]))
+        parts.append(pd.DataFrame({"shard": r["shard"], "stage": r["stage"], "benchmark": r["benchmark"],
+                                   "split": r["split"], "query_id": [it.query_id for it in its],
+                                   "item": [_item_json(it) for it in its]}))
+    return pd.concat(parts, ignore_index=True)
 
 
 def _remote_args(cfg: ScoreConfig) -> dict:
@@ -669,8 +705,10 @@ def _map_batches(ds, fn, st: StageConfig, cfg: ScoreConfig, n_blocks: int, **kw)
         )
 
 
-def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str):
-    """The lazy Ray Data pipeline: per stage, its shards -> its actor pool; the union; the judge."""
+def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str,
+                  per_split: dict[tuple[str, str], B.Source]):
+    """The lazy Ray Data pipeline: per stage, its shards (one block each) -> their rows read and prompts
+    built (:func:`read_shards`, Ray Data tasks) -> its actor pool; the union; the judge."""
     import ray
 
     stage_cfg = {st.name: st for st in cfg.stages}
@@ -685,7 +723,12 @@ def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str):
         if not shards:
             continue
         st = stage_cfg[name]
-        ds = ray.data.from_pandas(_shard_frames(name, shards))
+        ds = ray.data.from_items(_shard_specs(name, shards, per_split), override_num_blocks=len(shards))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")
+            # light: the reads must not wait for CPUs the engines hold (a 2-core machine would wait forever)
+            ds = ds.map_batches(read_shards, fn_kwargs={"tasks": tasks}, batch_format="pandas", batch_size=1,
+                                num_cpus=0.1, max_retries=cfg.ray.max_restarts)
         if runner_of(st) == "ray.data.llm":
             ds = _ray_llm_stage(ds, st, cfg, run_id, columns, keep_items=bool(judged), tasks=tasks)
         else:
@@ -702,8 +745,8 @@ def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str):
     return ds
 
 
-def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, StageStats], run_id: str, *,
-             progress: bool) -> list[dict]:
+def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, StageStats], run_id: str,
+             per_split: dict[tuple[str, str], B.Source], *, progress: bool) -> list[dict]:
     """Run the pipeline, writing each shard once complete; returns the rows that failed (their shards'
     other rows kept in ``.pending`` for a rerun)."""
     from ray.data import DataContext
@@ -732,7 +775,7 @@ def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, St
             s = stats[st.name]
             bars[st.name] = tqdm(total=s.n_records, initial=s.n_records - sum(sh.n for sh in todo[st.name]),
                                  desc=st.name, position=i, unit="q", file=sys.stderr, leave=True)
-    ds = build_dataset(cfg, todo, run_id)
+    ds = build_dataset(cfg, todo, run_id, per_split)
     try:
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
@@ -752,7 +795,7 @@ def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, St
                         else:
                             acc[q] = row
                             bad.pop(q, None)
-                    if len(acc) + len(bad) == len(sh.todo_items):
+                    if len(acc) + len(bad) == sh.n_todo:
                         new = pd.DataFrame([acc[q] for q in sorted(acc)])
                         rows = new if sh.done is None or not len(sh.done) else pd.concat(
                             [sh.done, new], ignore_index=True) if len(new) else sh.done
@@ -771,7 +814,7 @@ def _execute(cfg: ScoreConfig, todo: dict[str, list[Shard]], stats: dict[str, St
                         done.add(key)
                         del pending[key], failed[key]
                         if name in bars:
-                            bars[name].update(len(sh.todo_items))
+                            bars[name].update(sh.n_todo)
         except (records.RecordsError, ConfigError):
             raise
         except Exception as e:

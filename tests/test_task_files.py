@@ -46,13 +46,25 @@ EXAMPLE_FINGERPRINTS = {
 TRIVIAQA_FINGERPRINT = (5, "49c9ca1ad01f66543461df3d0ed5918ff9042185fb1201e492183b8d4ee95f36")
 
 
-def fingerprint(name, split, data_dir):
+def streamed_items(name, split, data_dir, step):
+    """The items as scoring reads them: shard by shard (``step`` rows), each from its own one-shard source."""
+    task = B.get(name)
+    src = B.split_source(task, split, data_dir, step=step)
+    for s in range(0, src.n, step):
+        part = src.part(s, s + step)
+        yield from (task.item(s + k, row) for k, row in enumerate(B.read_rows(part, 0, part.n)))
+
+
+def fingerprint(name, split, data_dir, step=None):
     """sha256 over every query of a split: the item (prompt, target, choices, references, wrong references,
-    judge context, query id), the grader, max_new_tokens, the P(True) prompt and, for free text, the judge's."""
+    judge context, query id), the grader, max_new_tokens, the P(True) prompt and, for free text, the judge's.
+    With ``step``, the items are read as scoring streams them (shards of ``step`` rows)."""
     bench = B.get(name)
     h = hashlib.sha256()
     n = 0
-    for it in B.items(name, B.load_split(name, split, data_dir=data_dir)):
+    its = (B.items(name, B.load_split(name, split, data_dir=data_dir)) if step is None
+           else streamed_items(name, split, data_dir, step))
+    for it in its:
         row = {"benchmark": name, "split": split, "task": bench.task, "max_new_tokens": bench.max_new_tokens,
                "item": dataclasses.asdict(it), "ptrue": B.ptrue_prompt(it, " an answer ")}
         if bench.task == "free_text":
@@ -89,16 +101,49 @@ def test_builtin_benchmarks_are_the_shipped_task_files():
 @pytest.mark.parametrize("key", sorted(SHARED_FINGERPRINTS))
 def test_task_files_reproduce_the_builtin_prompts_on_the_shared_benchmarks(key):
     assert fingerprint(*key, SHARED) == SHARED_FINGERPRINTS[key]
+    assert fingerprint(*key, SHARED, step=97) == SHARED_FINGERPRINTS[key]  # as scoring streams it
 
 
 @pytest.mark.parametrize("key", sorted(EXAMPLE_FINGERPRINTS))
 def test_task_files_reproduce_the_builtin_prompts_on_the_example_slice(key):
     assert fingerprint(*key, EXAMPLES) == EXAMPLE_FINGERPRINTS[key]
+    assert fingerprint(*key, EXAMPLES, step=7) == EXAMPLE_FINGERPRINTS[key]
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl", "csv", "json"])
+def test_streamed_shards_read_the_rows_of_the_whole_file(tmp_path, suffix):
+    """The same split as Parquet, JSONL (with blank lines), CSV and a JSON array: read shard by shard from
+    byte offsets / row groups, the items equal those of the whole-file reader, and a limit stops early."""
+    df = pd.read_parquet(EXAMPLES / "mmlu-test.parquet")
+    df = df.assign(choices=df["choices"].map(list))
+    path = tmp_path / f"mmlu-test.{suffix}"
+    if suffix == "parquet":
+        df.to_parquet(path, row_group_size=8)
+    elif suffix == "jsonl":
+        path.write_text("\n\n".join(df.to_json(orient="records", lines=True).splitlines()) + "\n\n")
+    elif suffix == "json":
+        df.to_json(path, orient="records")
+    else:  # CSV cells are text: the template parses the options back
+        df.assign(choices=df["choices"].map(json.dumps)).to_csv(path, index=False)
+    task = B.get("mmlu") if suffix != "csv" else B.parse_task({
+        **B.get("mmlu").model_dump(by_alias=True), "task": "mmlu_csv",
+        "doc_to_text": B.get("mmlu").doc_to_text.replace("in choices", "in choices | from_json"),
+        "doc_to_target": "{{ letters[answer | int] }}", "doc_to_choice": "{{ letters[:choices | from_json | length] | list }}"})
+    if suffix == "csv":
+        B.use([task.spec()])
+        (tmp_path / "mmlu_csv-test.csv").write_bytes(path.read_bytes())
+    name = task.name
+    whole = [dataclasses.asdict(it) for it in B.items("mmlu", B.load_split("mmlu", "test", data_dir=EXAMPLES))]
+    for step in (1, 7, 25, 60, 100):
+        assert [dataclasses.asdict(it) for it in streamed_items(name, "test", tmp_path, step)] == whole, step
+    src = B.split_source(task, "test", tmp_path, limit=10, step=4)
+    assert src.n == 10 and len(B.read_rows(src.part(8, 12), 0, 99)) == 2
 
 
 def test_triviaqa_task_file_reproduces_the_builtin_aliases(tmp_path):
     triviaqa_rows().to_parquet(tmp_path / "triviaqa-test.parquet")
     assert fingerprint("triviaqa", "test", tmp_path) == TRIVIAQA_FINGERPRINT
+    assert fingerprint("triviaqa", "test", tmp_path, step=2) == TRIVIAQA_FINGERPRINT
 
 
 # ------------------------------------------------------------------------------------ own data

@@ -35,7 +35,7 @@ import os
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Sequence
@@ -97,7 +97,14 @@ def _env():
 
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.globals.update(TEMPLATE_GLOBALS)
+    env.filters["from_json"] = _from_json  # CSV cells are text: '["a", "b"]' | from_json is a list
     return env
+
+
+def _from_json(value):
+    import json
+
+    return json.loads(value)
 
 
 @lru_cache(maxsize=4096)
@@ -467,26 +474,171 @@ def split_file(task: Task, split: str, data_dir: str | os.PathLike | None) -> Pa
 
 
 def read_file(path: str | os.PathLike, limit: int | None = None) -> pd.DataFrame:
-    """A benchmark split file (.parquet, .jsonl, .json or .csv) as a DataFrame (the first ``limit`` rows)."""
+    """A benchmark split file (.parquet, .jsonl, .json or .csv) as a DataFrame (the first ``limit`` rows),
+    with the values :func:`read_rows` gives (JSON types; CSV cells as text)."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        if limit is None:
-            return pd.read_parquet(path)
-        import pyarrow as pa
+    if path.suffix == ".parquet" and limit is None:
+        return pd.read_parquet(path)
+    src = open_source(path, limit=limit, step=max(1, limit or 1))
+    return pd.DataFrame(read_rows(src, 0, src.n) if src.n else [])
+
+
+# ------------------------------------------------------------------------------ streaming a split
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the rows of one split are, and enough to read any shard of it without reading the rest:
+    the row count and, for line formats (JSONL, CSV), the byte offset of every ``step``-th row (so the
+    plan's memory is a few bytes per shard, whatever the file's size). Plain data: it travels to Ray tasks."""
+
+    kind: str  # parquet | jsonl | csv | json | hub
+    path: str  # the file, or the hub dataset path
+    n: int  # rows (limit applied)
+    step: int = 1
+    offsets: tuple[int, ...] = ()
+    header: str = ""  # csv: the header line
+    hub_name: str | None = None
+    hub_split: str | None = None
+    first: int = 0  # the file's row that is this source's row 0 (see part)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def part(self, start: int, end: int) -> Source:
+        """Rows ``start..end-1`` as a source of their own (row 0 = ``start``): what one shard's reader needs."""
+        end = min(end, self.n)
+        if self.kind in ("jsonl", "csv"):
+            if start % self.step:
+                raise ValueError(f"rows of {self.path} are cut at multiples of {self.step}, not {start}")
+            return replace(self, n=end - start, step=max(1, end - start), offsets=(self.offsets[start // self.step],))
+        return replace(self, n=end - start, first=self.first + start)
+
+    def describe(self) -> str:
+        return f"hub {self.path}:{self.hub_split}" if self.kind == "hub" else self.path
+
+
+def _line_offsets(path: Path, step: int, limit: int | None, csv: bool) -> tuple[int, tuple[int, ...], str]:
+    """One pass over a line file: rows (blank lines skipped), the offset of every ``step``-th row and, for
+    CSV, the header. A CSV field holding a line break (a quoted newline) is refused: rows must be lines."""
+    offsets: list[int] = []
+    header = ""
+    n = 0
+    with open(path, "rb") as f:
+        pos = 0
+        if csv:
+            first = f.readline()
+            header = first.decode("utf-8-sig").rstrip("\r\n")
+            pos = len(first)
+        for line in f:
+            if limit is not None and n >= limit:
+                break
+            if line.strip():
+                if csv and line.count(b'"') % 2:
+                    raise BenchmarkError(f"{path}: row {n} holds a quoted line break; rows must be single lines "
+                                         "(write the data as JSONL or Parquet)")
+                if n % step == 0:
+                    offsets.append(pos)
+                n += 1
+            pos += len(line)
+    return n, tuple(offsets), header
+
+
+def open_source(path: str | os.PathLike, *, limit: int | None = None, step: int = 25) -> Source:
+    """The :class:`Source` of a local split file (no full read for Parquet, JSONL and CSV)."""
+    path = Path(path)
+    suffix = path.suffix.lstrip(".")
+    if suffix == "parquet":
         import pyarrow.parquet as pq
 
-        f = pq.ParquetFile(path)
-        batches = []
-        n = 0
-        for b in f.iter_batches(batch_size=max(1, min(limit, 65536))):
-            batches.append(b)
-            n += b.num_rows
-            if n >= limit:
-                break
-        return pa.Table.from_batches(batches, schema=f.schema_arrow).slice(0, limit).to_pandas()
-    if path.suffix == ".csv":
-        return pd.read_csv(path, nrows=limit, keep_default_na=False)
-    return pd.read_json(path, lines=path.suffix == ".jsonl", nrows=limit if path.suffix == ".jsonl" else None)
+        n = pq.read_metadata(path).num_rows
+        return Source("parquet", str(path), n if limit is None else min(n, limit), step)
+    if suffix in ("jsonl", "csv"):
+        n, offsets, header = _line_offsets(path, step, limit, suffix == "csv")
+        return Source(suffix, str(path), n, step, offsets, header)
+    if suffix == "json":  # a JSON array has no line structure: it is read whole (use JSONL for big files)
+        n = len(_json_rows(path))
+        return Source("json", str(path), n if limit is None else min(n, limit), step)
+    raise BenchmarkError(f"{path}: not a {', '.join(DATA_SUFFIXES)} file")
+
+
+@lru_cache(maxsize=2)
+def _json_rows(path) -> list:
+    import json
+
+    rows = json.loads(Path(path).read_text())
+    if not isinstance(rows, list):
+        raise BenchmarkError(f"{path}: a .json split holds an array of objects (or write it as JSONL)")
+    return rows
+
+
+def split_source(task: Task, split: str, data_dir: str | os.PathLike | None, *, limit: int | None = None,
+                 step: int = 25) -> Source:
+    """The :class:`Source` of ``task``/``split`` (see :func:`split_file` for which file), its columns checked."""
+    path = split_file(task, split, data_dir)
+    if path is not None:
+        _check_columns(task, file_columns(path), str(path), split)
+        return open_source(path, limit=limit, step=step)
+    import datasets
+
+    ds = datasets.load_dataset(task.dataset_path, task.dataset_name, split=task.splits[split])  # memory-mapped
+    _check_columns(task, ds.column_names, f"hub {task.dataset_path}:{task.splits[split]}", split)
+    n = ds.num_rows if limit is None else min(ds.num_rows, limit)
+    return Source("hub", task.dataset_path, n, step, hub_name=task.dataset_name, hub_split=task.splits[split])
+
+
+def read_rows(src: Source, start: int, end: int) -> list[dict]:
+    """Rows ``start..end-1`` of a split as dicts of plain values (Parquet: Arrow's Python values; JSONL
+    and JSON: JSON's; CSV: text), reading only what holds them. ``start`` is a multiple of ``src.step``
+    for line formats (the plan cuts shards so)."""
+    end = min(end, src.n)
+    if end <= start:
+        return []
+    if src.kind not in ("jsonl", "csv"):
+        start, end = start + src.first, end + src.first
+    if src.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        f = pq.ParquetFile(src.path)
+        groups, first, at = [], None, 0
+        for g in range(f.metadata.num_row_groups):
+            rows = f.metadata.row_group(g).num_rows
+            if at + rows > start and at < end:
+                groups.append(g)
+                first = at if first is None else first
+            at += rows
+        table = f.read_row_groups(groups)
+        return table.slice(start - first, end - start).to_pylist()
+    if src.kind in ("jsonl", "csv"):
+        import csv
+        import io
+        import json
+
+        if start % src.step:
+            raise ValueError(f"rows of {src.path} are read from multiples of {src.step}, not {start}")
+        lines = []
+        with open(src.path, "rb") as f:
+            f.seek(src.offsets[start // src.step])
+            for line in f:
+                if line.strip():
+                    lines.append(line.decode("utf-8"))
+                    if len(lines) == end - start:
+                        break
+        if src.kind == "jsonl":
+            out = []
+            for k, line in enumerate(lines):
+                try:
+                    out.append(json.loads(line))
+                except ValueError as e:
+                    raise BenchmarkError(f"{src.path}: row {start + k} is not JSON ({e})") from None
+            return out
+        return list(csv.DictReader(io.StringIO("\n".join([src.header, *(ln.rstrip("\r\n") for ln in lines)]))))
+    if src.kind == "json":
+        return list(_json_rows(src.path)[start:end])
+    import datasets
+
+    ds = datasets.load_dataset(src.path, src.hub_name, split=src.hub_split)
+    return ds.select(range(start, end)).to_list()
 
 
 def file_columns(path: str | os.PathLike) -> list[str]:
@@ -517,13 +669,13 @@ def check_split(task: Task, split: str, data_dir: str | os.PathLike | None, rows
     if path is None:
         return  # the hub: checked when it is read
     _check_columns(task, file_columns(path), str(path), split)
-    df = read_file(path, limit=rows)
-    if len(df) == 0:
+    src = open_source(path, limit=rows, step=rows)
+    if src.n == 0:
         raise BenchmarkError(f"{task.name}/{split} ({path}) has no rows")
-    for i, it in enumerate(task.items(df)):
-        why = task.check_item(it)
+    for i, row in enumerate(read_rows(src, 0, src.n)):
+        why = task.check_item(task.item(i, row))
         if why:
-            raise BenchmarkError(f"{task.where()}: {why} (row {i} of {path}; columns: {', '.join(map(str, df.columns))})")
+            raise BenchmarkError(f"{task.where()}: {why} (row {i} of {path}; columns: {', '.join(map(str, row))})")
 
 
 def load_split(name: str, split: str, *, data_dir: str | Path | None = None, limit: int | None = None) -> pd.DataFrame:
