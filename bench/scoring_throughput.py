@@ -181,6 +181,32 @@ def pipeline(a, n: int, signals: list[str]) -> dict:
             "peak_rss_mb": m.peak / 2**20, "driver_peak_rss_mb": m.peak_self / 2**20}
 
 
+def plan_memory(a, n: int) -> dict:
+    """The driver's side of the input, no model: the peak of Python allocations (tracemalloc) while the
+    plan of ``n`` queries is made (what a run holds before any scoring), against building every item in
+    memory the way the driver did before the input streamed (``B.items`` over the whole split)."""
+    import tracemalloc
+
+    from cascade.data import benchmarks as B
+    from cascade.scoring.config import load_config
+    from jobs.score import plan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(config(a, n, tmp, ANSWER_SIGNALS))
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        shards, _ = plan(cfg)
+        secs = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    tracemalloc.start()
+    its = B.items(a.task, B.load_split(a.task, "test", data_dir=a.data_dir, limit=n))
+    whole = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"n": n, "shards": sum(len(v) for v in shards.values()), "plan_seconds": secs, "plan_peak_mb": peak / 2**20,
+            "all_items_peak_mb": whole / 2**20, "items": len(its)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -200,6 +226,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--short", action="store_true", help="generated short prompts (n x scale of them) instead of MMLU")
     ap.add_argument("--max-new-tokens", type=int, help="the stage's max_new_tokens (default: the task's)")
+    ap.add_argument("--plan-only", action="store_true",
+                    help="no model: the driver's memory for the plan of n and n x scale queries (and for all items)")
     ap.add_argument("--signals", choices=["all", "answer"], default="all",
                     help="signals of the bare-vs-pipeline runs: all (P(True) pass included) or the answer pass's")
     a = ap.parse_args()
@@ -210,6 +238,13 @@ def main() -> None:
         a.task, a.data_dir = "mmlu", data_dir(a.data_dir, a.n * a.scale)
     from cascade.scoring import signals as S
 
+    if a.plan_only:
+        for n in (a.n, a.n * a.scale):
+            r = plan_memory(a, n)
+            print(f"{n} queries: plan {r['shards']} shards in {r['plan_seconds']:.2f} s, driver peak "
+                  f"{r['plan_peak_mb']:.1f} MB; every item in memory (the driver before streaming): "
+                  f"{r['all_items_peak_mb']:.1f} MB")
+        return
     all_signals = list(S.names()) if a.signals == "all" else ANSWER_SIGNALS
     if a.short:  # no options to watch in a number task
         all_signals = [x for x in all_signals if x != "choice_logprob"]

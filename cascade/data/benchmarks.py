@@ -562,8 +562,14 @@ def open_source(path: str | os.PathLike, *, limit: int | None = None, step: int 
     raise BenchmarkError(f"{path}: not a {', '.join(DATA_SUFFIXES)} file")
 
 
-@lru_cache(maxsize=2)
 def _json_rows(path) -> list:
+    st = Path(path).stat()
+    return _json_rows_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=2)
+def _json_rows_of(path: str, _mtime_ns: int, _size: int) -> list:
+    """A JSON array file's rows, read once per version of the file (a shard reader reads its slice)."""
     import json
 
     rows = json.loads(Path(path).read_text())
