@@ -191,10 +191,11 @@ def run(args) -> int:
         for c in cells:
             print(f"  {'done ' + done[c.key][:8] if c.key in done else 'to run  '}  {c.key}  {c.label}")
         return 0
+    out_root = Path(spec.out) / experiment
+    tracking.close_open_runs(out_root)  # runs an earlier driver could not end when the store failed: KILLED
     if not todo:
         return 0
 
-    out_root = Path(spec.out) / experiment
     claims = CellClaims(out_root / ".claims")
     counts = {"ran": 0, "logged": 0, "failed": 0, "other": 0}
     failures: list[str] = []
@@ -229,6 +230,7 @@ def run(args) -> int:
             _log_comparison(cells, out_root, experiment, uri, tracking)
     except tracking.TrackingUnavailable as e:
         claims.release_all()
+        tracking.save_open_runs(out_root)  # marked KILLED by the rerun or `cascade log` once the store answers
         report()
         kept = f"{len(written)} cell output(s) under {out_root}" if written else None
         print(e.line("cascade sweep", kept=kept, log_command=log_cmd if written else None)

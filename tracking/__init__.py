@@ -27,6 +27,8 @@ from .mlflow_log import (
     log_tune_dir,
     parent_run,
 )
+from .open_runs import close as close_open_runs
+from .open_runs import save as save_open_runs
 from .redact import REDACTED, is_secret_key, redact_secrets
 from .store import (
     DEFAULT_ARTIFACTS,
@@ -46,7 +48,7 @@ from .sweeps import finished_cells, mark_killed, sweep_parent
 
 __all__ = [
     "DEFAULT_ARTIFACTS", "DEFAULT_DB", "OUTPUT_FINGERPRINT_TAG", "REDACTED", "REPO_ROOT", "TrackingUnavailable",
-    "check_reachable", "comparison_report", "configure", "log_report", "run_budgets", "data_fingerprint", "experiment_id", "find_finished", "find_logged_output",
+    "check_reachable", "close_open_runs", "comparison_report", "configure", "log_report", "run_budgets", "data_fingerprint", "experiment_id", "find_finished", "find_logged_output",
     "finished_cells", "git_commit", "guard", "is_secret_key", "is_study_dir", "log_scoring", "log_study", "log_summary", "log_tune", "log_tune_dir",
-    "mark_killed", "parent_run", "redact_secrets", "store_exists", "sweep_parent", "tracking_uri", "write_lock",
+    "mark_killed", "parent_run", "redact_secrets", "save_open_runs", "store_exists", "sweep_parent", "tracking_uri", "write_lock",
 ]

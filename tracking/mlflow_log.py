@@ -22,7 +22,15 @@ from cascade.evaluate import comparison
 from cascade.evaluate import metrics as M
 
 from .redact import redact_secrets
-from .store import configure, experiment_id, guard, tracking_uri, write_lock
+from .store import (
+    configure,
+    current_uri,
+    experiment_id,
+    guard,
+    last_try,
+    tracking_uri,
+    write_lock,
+)
 
 OUTPUT_FINGERPRINT_TAG = "cascade.output_fingerprint"
 
@@ -89,12 +97,21 @@ def _end(status: str) -> None:
         mlflow.end_run(status)
 
 
+#: Runs this process started and could not end (the store failed): run id -> tracking URI. A command that
+#: exits on a tracking failure saves them beside its kept results (:func:`tracking.open_runs.save`), and the
+#: next `cascade log` of those results (or the sweep's rerun) marks them KILLED.
+UNENDED: dict[str, str] = {}
+
+
 @contextlib.contextmanager
 def _open(start, what: str):
     """Start a run with ``start()``; end it FINISHED, or FAILED (KILLED on Ctrl-C) if the body raised. A store
-    failure while ending a run that already failed does not replace the first error."""
+    failure while ending a run that already failed does not replace the first error; that end is one quick
+    try (:func:`tracking.store.last_try`), and a run it could not end is remembered in :data:`UNENDED`."""
     with guard(f"starting {what}"), write_lock():
         run = start()
+    run_id, uri = run.info.run_id, current_uri()
+    UNENDED[run_id] = uri
     status = "FINISHED"
     try:
         yield run
@@ -105,9 +122,11 @@ def _open(start, what: str):
         if status == "FINISHED":
             with guard(f"ending {what}"):
                 _end(status)
+            UNENDED.pop(run_id, None)
         else:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), last_try(uri):
                 _end(status)
+                UNENDED.pop(run_id, None)
 
 
 @contextlib.contextmanager

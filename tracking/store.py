@@ -19,6 +19,15 @@ DEFAULT_DB = REPO_ROOT / "mlflow.db"
 DEFAULT_ARTIFACTS = REPO_ROOT / "mlartifacts"
 STORE_LOCK_TIMEOUT_S = 300.0
 
+#: MLflow's HTTP client defaults (7 retries, backoff factor 2 capped at 120 s, 120 s timeout) keep a command
+#: silent for 4 to 13 minutes per call once a tracking server dies. For an http(s) store these bounds are
+#: set instead, unless the user set the variable: a call to a dead server then fails within
+#: 3 x 10 s (connect/read timeouts) + 0 + 2 s backoff (+ <2 s jitter), ~35 s at worst, ~3 s when the port refuses.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+#: Ending a run after a failure is best effort: one try, 3 s (the store already failed once).
+HTTP_LAST_TRY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+
 # MLflow logs a store failure (several lines, with the SQL) before raising it; the raised error reaches the
 # user as one line through TrackingUnavailable, so the log records are not needed.
 for _name, _level in (("alembic", logging.WARNING), ("mlflow.store.db.utils", logging.CRITICAL),
@@ -125,6 +134,8 @@ def tracking_uri(uri: str | None = None) -> str:
     if scheme in ("http", "https"):
         if not given.split("://", 1)[1].strip("/"):
             raise TrackingUnavailable(f"{source or 'tracking URI'} {given!r} names no host: {fix}")
+        for k, v in HTTP_DEFAULTS.items():  # a dead server fails a call in ~35 s, not minutes
+            os.environ.setdefault(k, v)
         return given
     if scheme.split("+")[0] in ("postgresql", "mysql", "mssql", "databricks", "file"):
         return given
@@ -185,6 +196,28 @@ def _check_sqlite_header(db: Path) -> None:
         raise TrackingUnavailable(f"cannot read the SQLite tracking store {db}: {_reason(e)}") from e
     if head and head != b"SQLite format 3\x00":
         raise TrackingUnavailable(f"{db} is not a SQLite database (not an MLflow store)")
+
+
+@contextlib.contextmanager
+def last_try(uri: str | None = None):
+    """MLflow calls made after the store failed (ending the open runs FAILED or KILLED): on an http(s) store
+    one try with a 3 s timeout each, so that closing up does not wait out the retries again."""
+    if uri is None:
+        with contextlib.suppress(Exception):
+            uri = current_uri()
+    if not str(uri or "").startswith(("http://", "https://")):
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in HTTP_LAST_TRY}
+    os.environ.update(HTTP_LAST_TRY)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # ------------------------------------------------------------------------------------------------

@@ -81,6 +81,14 @@ def run_log(args) -> int:
     except tracking.TrackingUnavailable as e:
         print(e.line("cascade log", log_command=None) + f"; {d} is unchanged", file=sys.stderr)
         return 3
+    try:  # runs the command that wrote DIR could not end when its store failed: KILLED, once it answers
+        closed = tracking.close_open_runs(d)
+    except tracking.TrackingUnavailable as e:
+        print(e.line("cascade log") + f"; nothing was logged, {d} is unchanged", file=sys.stderr)
+        return 3
+    if closed:
+        print(f"marked KILLED {closed} run(s) left RUNNING when the tracking store failed under the command "
+              f"that wrote {d}")
     from jobs.score import stats_path
 
     stats_file = stats_path(d)
@@ -141,6 +149,7 @@ def run_log(args) -> int:
                 tracking.log_tune_dir(folder, records_path=args.results, records_df=loaded.get(summary.get("benchmark")),
                                       parent_run_id=parent.info.run_id)
     except tracking.TrackingUnavailable as e:
+        tracking.save_open_runs(d)
         print(e.line("cascade log") + f"; {d} is unchanged, rerun this command once the store works "
               "(folders already logged are skipped)", file=sys.stderr)
         return 3

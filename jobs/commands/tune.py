@@ -145,6 +145,7 @@ def track_outputs(args, out_dirs: list[Path], benchmark: str, records_path, reco
                                                     tracking.run_budgets(runs[0]["summary"], df, benchmark))
             tracking.log_report(data, run_id=parent.info.run_id, description=desc)
     except tracking.TrackingUnavailable as e:
+        tracking.save_open_runs(args.out)  # `cascade log OUT` marks them KILLED once the store answers
         print(e.line("cascade tune", kept=args.out, log_command=_log_command(args, records_path)), file=sys.stderr)
         return 3
     print(f"logged {len(out_dirs)} run(s) to MLflow experiment {experiment!r} at "
@@ -393,6 +394,7 @@ def track_comparison(args, runs, table, shared, plots) -> int:
                 runs, tracking.run_budgets(runs[0]["summary"], df, benchmark))
             tracking.log_report(data, run_id=parent.info.run_id, description=desc)
     except tracking.TrackingUnavailable as e:
+        tracking.save_open_runs(args.out)  # `cascade log OUT` marks them KILLED once the store answers
         print(e.line("cascade tune", kept=args.out, log_command=_log_command(args, records_path)), file=sys.stderr)
         return 3
     print(f"logged {len(runs)} run(s) to MLflow experiment {experiment!r} at "
