@@ -100,6 +100,34 @@ def test_study_bad_input():
                            n_subsamples=1)
 
 
+def test_study_select_method():
+    """`select` in a study: each cascade's frontier over its sub-cascades, compared like a tuner's curve."""
+    recs = make_records()
+    protocol._SUB_CACHE.clear()
+    res = protocol.run_study({"syn": recs}, methods=["bayes-opt", "select"], n_values=["20", "all"], n_subsamples=2,
+                             seed=1, overrides={"bayes-opt": {"n_trials": 10},
+                                                "select": {"method": "grid", "n_quantiles": 8}})
+    sel = res.runs[res.runs["method"] == "select"]
+    assert len(sel) == 4 * 2 * 2 and (sel["error"] == "").all()
+    assert np.isfinite(sel["pct_change"]).all() and (sel["n_points"] >= 1).all()
+    # sub-cascades shared by the cascades of one cell are tuned once: the 7 sub-cascades of a, b, c per cell
+    # (3 cells with distinct training data: 2 subsamples of 20, and all), not 3 + 3 + 3 + 7 = 16
+    assert len(protocol._SUB_CACHE) == 3 * 7
+    # the frontier of the full cascade a -> b -> c holds points of several of its sub-cascades
+    train, test, _ = protocol.tune.prepare(recs, models=["a", "b", "c"])
+    front = protocol.select_frontier(train, test, {"method": "grid", "n_quantiles": 8})
+    assert front["cascade"].nunique() >= 2 and np.all(np.diff(front["budget_lo"]) > 0)
+    with pytest.raises(ValueError, match="select itself"):
+        protocol.run_study({"syn": recs}, methods=["bayes-opt", "select"], n_values=["all"], n_subsamples=1,
+                           overrides={"select": {"method": "select"}})
+    with pytest.raises(ValueError, match="select_on"):
+        protocol.run_study({"syn": recs}, methods=["bayes-opt", "select"], n_values=["all"], n_subsamples=1,
+                           overrides={"select": {"select_on": "nope"}})
+    with pytest.raises(ValueError, match="n_quantile"):
+        protocol.run_study({"syn": recs}, methods=["bayes-opt", "select"], n_values=["all"], n_subsamples=1,
+                           overrides={"select": {"method": "grid", "n_quantile": 3}})
+
+
 def test_cli_study_writes_outputs(tmp_path):
     from jobs.cli import main
 

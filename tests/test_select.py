@@ -114,6 +114,54 @@ def test_interp_error_is_nan_outside_a_curve():
     assert np.allclose(e[1:4], [0.5, 0.4, 0.3])
 
 
+def test_per_query_losses_average_to_the_measured_train_columns(toy_selection):
+    cand = toy_selection.candidates
+    err, cost = select.per_query_losses(cand, toy(1500, 0))
+    assert err.shape == cost.shape == (1500, len(cand)) and set(np.unique(err)) <= {0.0, 1.0}
+    np.testing.assert_allclose(err.mean(axis=0), cand["measured_train_error"], atol=1e-12)
+    np.testing.assert_allclose(cost.mean(axis=0), cand["measured_train_cost"], rtol=1e-12)
+
+
+def test_robust_frontier_rules(toy_selection):
+    cand, train = toy_selection.candidates, toy(1500, 0)
+    measured = select.frontier_of(cand, "measured")
+    # no weight on the prediction: the measured frontier; all weight: the shifted prediction's
+    for rule in ("blend:0", "shrink:0"):
+        pd.testing.assert_frame_equal(select.frontier_of(cand, rule, train=train), measured)
+    pd.testing.assert_frame_equal(select.frontier_of(cand, "shrink:1e12", train=train)[["cascade", "point"]],
+                                  select.frontier_of(cand, "shifted")[["cascade", "point"]])
+    # shifted: per sub-cascade, the predictions moved to the measured mean
+    shifted_err = cand["train_error"] + (cand["measured_train_error"] - cand["train_error"]).groupby(
+        cand["cascade"]).transform("mean")
+    f = select.frontier_of(cand, "shifted")
+    mask = pareto_mask(cand["measured_train_cost"].to_numpy(), shifted_err.to_numpy())
+    assert set(zip(f["cascade"], f["point"])) == set(zip(cand["cascade"][mask], cand["point"][mask]))
+    for rule in ("shrink", "blend:30", "bagged:40", "hull", "paired:1", "switch:1"):
+        f = select.frontier_of(cand, rule, train=train)
+        assert len(f) >= 2 and np.all(np.diff(f["budget_lo"].to_numpy()) > 0)
+        assert np.isinf(f["budget_hi"].iloc[-1]) and np.all(f["budget_hi"].to_numpy()[:-1] == f["budget_lo"].to_numpy()[1:])
+        keys = set(zip(cand["cascade"], cand["point"]))
+        assert set(zip(f["cascade"], f["point"])) <= keys  # frontier points are candidates
+    # bagging is seeded; with the same seed the same frontier
+    a = select.frontier_of(cand, "bagged:40", train=train, seed=3)
+    pd.testing.assert_frame_equal(a, select.frontier_of(cand, "bagged:40", train=train, seed=3))
+    b = select.frontier_of(cand, "bagged:40", train=train)
+    # on 1500 training queries the bagged frontier keeps most of the measured one's budget range
+    assert b["budget_lo"].iloc[0] == measured["budget_lo"].iloc[0]
+    with pytest.raises(ValueError, match="select_on"):
+        select.frontier_of(cand, "bootstrap")
+    with pytest.raises(ValueError, match="number"):
+        select.frontier_of(cand, "blend:x")
+    for rule in select.NEEDS_TRAIN:
+        with pytest.raises(ValueError, match="training data"):
+            select.frontier_of(cand, rule)
+    # fewer points: the hull's and the thinned frontiers are subsets of the measured one
+    keys = set(zip(measured["cascade"], measured["point"]))
+    for rule in ("hull", "paired:1", "switch:1"):
+        f = select.frontier_of(cand, rule, train=train)
+        assert set(zip(f["cascade"], f["point"])) <= keys and len(f) <= len(measured)
+
+
 # ------------------------------------------------------------------------------------------------
 # the command
 # ------------------------------------------------------------------------------------------------
@@ -138,7 +186,7 @@ def test_select_writes_one_folder(selected):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folder left behind
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kind"] == "select" and summary["chain"] == K3 and summary["n_subcascades"] == 7
-    assert summary["select_on"] == "measured" and summary["benchmark"] == "medmcqa"
+    assert summary["select_on"] == "shrink" and summary["benchmark"] == "medmcqa"
     assert set(summary["baselines"]) == {"best_single", "full_chain", "best_pair"}
     front = pd.read_parquet(out / "frontier.parquet")
     for col in ("budget", "budget_lo", "budget_hi", "cascade", "thresholds", "train_error", "train_cost",
@@ -191,6 +239,8 @@ def test_select_replaces_a_previous_output_only(selected, tmp_path, capsys):
     (["--models", "llama3.2-1b,llama3.1-8b", "--param", "bogus=1"], "bogus"),
     (["--models", "llama3.2-1b,llama3.1-8b", "--method", "nope"], "nope"),
     (["--models", "llama3.2-1b,llama3.1-8b", "--jobs", "0"], "--jobs"),
+    (["--models", "llama3.2-1b,llama3.1-8b", "--select-on", "nope"], "--select-on"),
+    (["--models", "llama3.2-1b,llama3.1-8b", "--select-on", "shrink:x"], "number"),
 ])
 def test_select_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, needle):
     out = tmp_path / "out"

@@ -85,7 +85,8 @@ def combine(selections: dict, chain: list[str], benchmark: str | None, select_on
 
 
 def select_methods(records: pd.DataFrame, *, models: list[str], methods: list[str],
-                   params: dict[str, dict] | None = None, benchmark: str | None = None, select_on: str = "measured",
+                   params: dict[str, dict] | None = None, benchmark: str | None = None,
+                   select_on: str = select.DEFAULT_SELECT_ON,
                    jobs: int = 1, **kwargs) -> MethodsAnswer:
     """:func:`cascade.evaluate.select.run_selection` for each method (``params``: method -> its parameters;
     ``kwargs``: the data options of ``run_selection``), then the pooled answer."""

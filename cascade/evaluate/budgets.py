@@ -95,8 +95,8 @@ def answer_at_budgets(frontier: pd.DataFrame, budgets: list[float], select_on: s
     pools several), cascade, models in order, thresholds, the train-side (predicted) error and cost it was
     chosen by (``select_on``: measured = the thresholds scored on the training labels, predicted = the tuner's
     estimate), and its measured test error and cost. A budget below the cheapest point gets no row."""
-    pred_err, pred_cost = (("measured_train_error", "measured_train_cost") if select_on == "measured"
-                           else ("train_error", "train_cost"))
+    pred_err, pred_cost = (("train_error", "train_cost") if str(select_on).partition(":")[0] == "predicted"
+                           else ("measured_train_error", "measured_train_cost"))
     lo = frontier["budget_lo"].to_numpy(float)
     rows = []
     for i, b in enumerate(budgets):

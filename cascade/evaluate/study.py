@@ -22,6 +22,7 @@ is chosen once per chain (:func:`cascade.evaluate.tuning.choose_transform`). All
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 import zlib
@@ -59,15 +60,90 @@ def subsample_ids(train_ids: np.ndarray, n: str | int, n_subsamples: int, seed: 
     return out
 
 
+#: Study methods that are not tuners: ``select`` is `cascade select` on the cascade's models (every ordered
+#: sub-cascade tuned with its ``method``, the train-side frontier chosen by ``select_on``), its frontier's
+#: test curve compared like a tuner's.
+SELECT = "select"
+SELECT_OPTIONS = ("method", "select_on")
+
+
+def check_method(method: str) -> None:
+    """A method the study can run: a registered tuner or ``select`` (ValueError naming the choices)."""
+    if method != SELECT:
+        tune.get_method(method)
+
+
+def validate_method_params(method: str, params: dict) -> dict:
+    """``--param METHOD.NAME=VALUE`` for one method; for ``select``: ``method`` (the sub-cascades' tuner,
+    default markov-copula), ``select_on`` (:data:`cascade.evaluate.select.SELECT_ON`) and that tuner's
+    parameters."""
+    if method != SELECT:
+        return tune.get_method(method).validate_params(params)
+    from cascade.evaluate import select
+
+    params = dict(params)
+    inner = str(params.get("method", "markov-copula"))
+    if inner == SELECT:
+        raise ValueError("--param select.method: the sub-cascades' tuning method cannot be select itself")
+    select._rule(params.get("select_on", select.DEFAULT_SELECT_ON))
+    rest = {k: v for k, v in params.items() if k not in SELECT_OPTIONS}
+    return {**{k: params[k] for k in SELECT_OPTIONS if k in params},
+            **tune.get_method(inner).validate_params(rest)}
+
+
 def method_params(method: str, seed: int, overrides: dict | None) -> dict:
-    """Constructor parameters: the per-method overrides plus ``seed`` when the tuner takes one."""
+    """Constructor parameters: the per-method overrides plus ``seed`` when the tuner takes one (for
+    ``select``: when its sub-cascades' tuner takes one)."""
     import inspect
 
-    cls = tune.get_method(method)
-    params = cls.validate_params((overrides or {}).get(method, {}))
+    params = validate_method_params(method, (overrides or {}).get(method, {}))
+    cls = tune.get_method(params.get("method", "markov-copula") if method == SELECT else method)
     if "seed" in inspect.signature(cls.__init__).parameters:
         params.setdefault("seed", seed)
     return params
+
+
+_SUB_CACHE: dict = {}
+_SUB_CACHE_SIZE = 4096
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def select_frontier(train, test, params: dict):
+    """``select`` on one prepared cascade: every ordered sub-cascade of ``train.models`` tuned with
+    ``params["method"]`` (the rest of ``params`` are its parameters), then the train-side frontier by
+    ``params["select_on"]``; returns the frontier (test columns scored on ``test``). Sub-cascade tunings
+    are cached per process by their data, method and parameters: the cascades of a chain share most of
+    their sub-cascades (a 5-model chain's 26 cascades hold 131 multi-model sub-cascades, 26 distinct)."""
+    from cascade.evaluate import select
+
+    params = dict(params)
+    method = params.pop("method", "markov-copula")
+    select_on = params.pop("select_on", select.DEFAULT_SELECT_ON)
+    chain = list(train.models)
+    key_params = repr(sorted(params.items()))
+    subs = []
+    with select.single_threaded_blas():
+        for c in select.subcascades_of(chain):
+            idx = [chain.index(m) for m in c]
+            tr, te = select.take(train, idx), select.take(test, idx)
+            key = (tuple(c), method, key_params, _digest(tr.confidence, tr.correct, tr.cost, te.confidence,
+                                                         te.correct, te.cost))
+            sub = _SUB_CACHE.get(key)
+            if sub is None:
+                sub = select.tune_subcascade(tr, te, method, params)
+                sub.tuner = None
+                _SUB_CACHE[key] = sub
+                while len(_SUB_CACHE) > _SUB_CACHE_SIZE:
+                    _SUB_CACHE.pop(next(iter(_SUB_CACHE)))
+            subs.append(sub)
+    cand = select.candidates_frame(subs, chain, train)
+    return select.frontier_of(cand, select_on, train=train)
 
 
 def run_cell(records: pd.DataFrame, models: list[str], train_ids: np.ndarray, methods: list[str], *,
@@ -85,10 +161,15 @@ def run_cell(records: pd.DataFrame, models: list[str], train_ids: np.ndarray, me
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                curve, summary, _ = tune.tune_prepared(train, test, m, method_params(m, seed, overrides))
+                if m == SELECT:
+                    curve = select_frontier(train, test, method_params(m, seed, overrides))
+                    degenerate = tune.degenerate_reasons(train, curve)
+                else:
+                    curve, summary, _ = tune.tune_prepared(train, test, m, method_params(m, seed, overrides))
+                    degenerate = summary["degenerate"]
             rows.append({"method": m, "test_cost": curve["test_cost"].to_numpy(),
                          "test_error": curve["test_error"].to_numpy(), "seconds": time.perf_counter() - t0,
-                         "error": "", "degenerate": "; ".join(summary["degenerate"])})
+                         "error": "", "degenerate": "; ".join(degenerate)})
         except Exception as e:  # a failing method is reported, not hidden: its AUC is NaN
             rows.append({"method": m, "test_cost": np.array([]), "test_error": np.array([]),
                          "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}",
@@ -194,11 +275,11 @@ def run_study(chains: dict[str, pd.DataFrame], *, chain_models: dict[str, list[s
     if not methods:
         raise ValueError("no methods given")
     for m in methods:
-        tune.get_method(m)  # unknown method -> ValueError naming the choices
+        check_method(m)  # unknown method -> ValueError naming the choices
     for m, p in (overrides or {}).items():
         if m not in methods:
             raise ValueError(f"--param {m}.*: {m} is not among the methods ({', '.join(methods)})")
-        tune.get_method(m).validate_params(p)  # unknown parameter -> ValueError naming the valid ones
+        validate_method_params(m, p)  # unknown parameter -> ValueError naming the valid ones
     if reference not in methods:
         raise ValueError(f"the reference method {reference!r} must be one of the methods {methods}")
     if n_subsamples < 1:

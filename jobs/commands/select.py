@@ -32,10 +32,11 @@ def register(sub) -> None:
                    help="tuning method of each sub-cascade (markov-copula, grid, ...); several, comma-separated: "
                         "a selection per method into OUT/<method>/, then one answer over all of them per budget "
                         "(OUT/answer.txt, OUT/answer.parquet, OUT/report.html; --param METHOD.NAME=VALUE)")
-    p.add_argument("--select-on", default="measured", choices=["measured", "predicted"],
-                   help="how candidates are compared on the training split: measured (each threshold vector "
-                        "scored on the training labels; the default, it won on MedMCQA, see docs/select.md) or "
-                        "predicted (the tuner's own estimate, e.g. the Markov-copula model's)")
+    p.add_argument("--select-on", default="shrink", metavar="RULE",
+                   help="how candidates are compared on the training split: shrink (the default: the error "
+                        "on the training labels shrunk toward the tuner's prediction at small n; it won on "
+                        "MedMCQA, see docs/select.md), measured (the training labels alone), predicted (the "
+                        "tuner's own estimate), or shifted, blend:N0, hull, switch:Z, paired:Z, bagged:B")
     p.add_argument("--abstain-cost", type=float, default=None, metavar="X",
                    help="early abstention: every stage may abstain (not answer) on low confidence, at a penalty "
                         "of X errors per abstained query; the error axis becomes the loss error + X * abstention "
@@ -105,6 +106,7 @@ def run_select(args) -> int:
         raise ValueError(f"--jobs {args.jobs}: use 1 or more")
     if args.max_rows < 1:
         raise ValueError(f"--max-rows {args.max_rows}: use 1 or more")
+    select._rule(args.select_on)  # an unknown rule is refused before any work
     params = outputs.parse_params(args.param)
     if args.abstain_cost is not None:
         from cascade.tuners.abstention import AbstentionTuner

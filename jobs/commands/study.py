@@ -59,7 +59,8 @@ def register(sub) -> None:
                    help="compare: methods against --reference on every cascade; margin: margin sampling on "
                         "--models (default %(default)s)")
     p.add_argument("--methods", default=DEFAULT_METHODS, metavar="M1,M2,...", help=choices.help_text(
-        "comma-separated tuning methods, from: {m} (default %(default)s)", m=choices.METHODS))
+        "comma-separated tuning methods, from: {m}, or select (`cascade select` on each cascade: its "
+        "frontier over the cascade's sub-cascades) (default %(default)s)", m=choices.METHODS))
     p.add_argument("--reference", default="bayes-opt", metavar="METHOD",
                    help="the method every other one is compared against (percent change of AUC; default "
                         "%(default)s); must be among --methods")
@@ -117,11 +118,11 @@ def run_study_cmd(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     overrides = parse_method_params(args.param)
     for m in methods:
-        tune.get_method(m)
+        protocol.check_method(m)  # a tuner or select
     for m, p in overrides.items():
         if m not in methods:
             raise ValueError(f"--param {m}.*: {m} is not among --methods ({', '.join(methods)})")
-        tune.get_method(m).validate_params(p)
+        protocol.validate_method_params(m, p)
     track = bool(getattr(args, "track", False) or getattr(args, "tracking_uri", None))
     if track and args.protocol == "compare":
         import tracking
