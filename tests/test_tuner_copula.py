@@ -192,9 +192,42 @@ def test_select_pair_picks_the_smallest_criterion_and_finds_the_family():
     _, rows = select_pair(rng.random(500), rng.random(500), criterion="bic")
     assert next(r for r in rows if r["chosen"])["family"] == "indep"
     with pytest.raises(ValueError, match="criterion"):
-        select_pair(u[:, 0], u[:, 1], criterion="aicc")
+        select_pair(u[:, 0], u[:, 1], criterion="hqc")
     with pytest.raises(ValueError, match="families"):
         select_pair(u[:, 0], u[:, 1], families=("gumbel", "nope"))
+
+
+def test_small_samples_restrict_families_by_points_per_parameter():
+    cop = pv.Bicop(pv.BicopFamily.student, parameters=np.array([[0.6], [4.0]]))
+    u = cop.sample(40, seeds=[3])
+    _, free = select_pair(u[:, 0], u[:, 1], criterion="aicc")
+    chosen, rows = select_pair(u[:, 0], u[:, 1], criterion="aicc", obs_per_par=10)
+    for r in rows:
+        if "error" in r:
+            continue
+        assert r["eligible"] == (r["npars"] <= 0 or 40 >= 10 * r["npars"])
+        p = r["npars"]
+        assert r["aicc"] == pytest.approx(r["aic"] + 2 * p * (p + 1) / (40 - p - 1) if 40 > p + 1 else np.inf,
+                                          abs=0.05)  # npars is rounded in the rows
+    pick = next(r for r in rows if r["chosen"])
+    assert pick["eligible"] and pick["npars"] <= 4
+    assert pick["aicc"] == min(r["aicc"] for r in rows if r.get("eligible"))
+    assert all(r["eligible"] for r in free if "error" not in r)  # no rule: every family competes
+    tll = next(r for r in rows if r["family"] == "tll")
+    assert tll["npars"] > 4 and not tll["eligible"]  # the nonparametric family needs many more points
+    # on many points the rule changes nothing
+    u = cop.sample(600, seeds=[4])
+    a, _ = select_pair(u[:, 0], u[:, 1], criterion="aic", obs_per_par=10)
+    b, _ = select_pair(u[:, 0], u[:, 1], criterion="aic")
+    assert (a.family, a.rotation) == (b.family, b.rotation) and np.allclose(a.parameters, b.parameters)
+    # the conditional correctness model (3 parameters) needs 3 * obs_per_par points
+    rng = np.random.default_rng(7)
+    prev, c = rng.uniform(0.05, 0.95, 25), rng.uniform(0.05, 0.95, 25)
+    y = (rng.random(25) < np.where(prev > 0.5, 0.95, 0.05)).astype(float)
+    g, info = fit_correctness(prev, c, y, "aic", obs_per_par=10)
+    assert g is None and info["eligible"] is False and info["chosen"] == "calibrated"
+    g, info = fit_correctness(prev, c, y, "aic")
+    assert info["eligible"] is True
 
 
 def test_ties_enter_as_discrete_variables():

@@ -19,7 +19,15 @@ calibration, lambda path and curves) and changes the dependence:
 - **Marginals** (``margin``): ``"beta"`` is the paper's law (end-point masses + a two-component beta
   mixture, :class:`~cascade.tuners.markov_copula.EndpointBetaMixture`); ``"ecdf"`` is the training
   distribution itself, discrete-aware: tied values are atoms, untied points are spread uniformly over the
-  gap below them (a continuous, piecewise-linear CDF between data points).
+  gap below them (a continuous, piecewise-linear CDF between data points); ``"auto"`` (default) is the
+  beta law below ``obs_per_par`` x 7 training points (its 7 parameters), the ECDF from there on.
+- **Model size follows the data** (``obs_per_par``, default 10: a rule of thumb fixed in advance, not
+  tuned per benchmark): a pair-copula family with p parameters (the effective degrees of freedom for
+  ``tll``) competes only where the pair has at least 10 p training points, the conditional correctness
+  model (3 parameters) only from 30, and ``margin="auto"`` switches to the ECDF at 70. On a few dozen
+  queries the choice is among one-parameter families and the paper's marginal law, where choosing among
+  every family over-fitted; from a few hundred on nothing is excluded. ``obs_per_par=0`` gives the
+  earlier model (every family, the ECDF at every n).
 - **Correctness given the previous model** (``correctness``): the paper takes P(model j correct) = c_j.
   Queries that reach model j are those the earlier models were unsure of, and the previous model's
   confidence often predicts j's correctness beyond c_j. ``"auto"`` fits a logistic regression of
@@ -35,8 +43,8 @@ calibration, lambda path and curves) and changes the dependence:
 
 The tuner (:class:`CopulaTuner`) subclasses :class:`~cascade.tuners.markov_copula.MarkovCopulaTuner`: the
 same constructor parameters (lambda path, stop rule, box, gap filling) plus the model's. Defaults
-(``margin="ecdf"``, ``criterion="aic"``, ``start="warm"``, ``structure="markov"``) were chosen on the dev
-data; docs/tuner.md has the numbers of every alternative.
+(``margin="auto"``, ``obs_per_par=10``, ``criterion="aic"``, ``start="warm"``, ``structure="markov"``) were
+chosen on the dev data; docs/tuner.md has the numbers of every alternative.
 """
 
 from __future__ import annotations
@@ -57,8 +65,10 @@ from cascade.tuners.markov_copula import EndpointBetaMixture, MarkovCopulaTuner,
 #: rotations are tried for every asymmetric family.
 FAMILIES = ("indep", "gaussian", "student", "clayton", "gumbel", "frank", "joe", "bb1", "bb6", "bb7", "bb8", "tll")
 DEFAULT_FAMILIES = tuple(FAMILIES)
-CRITERIA = ("aic", "bic")
-MARGINS = ("beta", "ecdf")
+CRITERIA = ("aic", "bic", "aicc")
+MARGINS = ("auto", "beta", "ecdf")
+#: parameters of the paper's marginal law: two end-point masses and a two-component beta mixture (5)
+BETA_MARGIN_PARAMS = 7
 TIES = ("auto", "discrete", "jitter")
 STRUCTURES = ("auto", "markov", "dvine")
 
@@ -195,11 +205,59 @@ def _family_names(families) -> tuple:
     return tuple(families)
 
 
+def _criterion_value(criterion: str, loglik: float, npars: float, n: int) -> float:
+    """-2 loglik + penalty: AIC (2 per parameter), BIC (log n per parameter) or AICc (AIC plus the
+    small-sample correction 2p(p+1)/(n-p-1); infinite when n <= p + 1)."""
+    if criterion == "aic":
+        return -2 * loglik + 2 * npars
+    if criterion == "bic":
+        return -2 * loglik + np.log(n) * npars
+    if criterion == "aicc":
+        return -2 * loglik + 2 * npars + (2 * npars * (npars + 1) / (n - npars - 1) if n > npars + 1 else np.inf)
+    raise ValueError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
+
+
+def _fit_families(data, var_types, families, num_threads: int):
+    """Every family of ``families`` fitted to ``data`` (best rotation each): (copulas, rows), cached by
+    the data; a family that cannot be fitted gets None and a row with its error."""
+    import pyvinecopulib as pv
+
+    key = hashlib.sha1(data.tobytes() + repr((tuple(families), var_types)).encode()).hexdigest()
+    if key in _PAIR_CACHE:
+        _PAIR_CACHE.move_to_end(key)
+        return _PAIR_CACHE[key]
+    rows, fitted = [], []
+    n = len(data)
+    for name in families:
+        controls = pv.FitControlsBicop(family_set=[getattr(pv.BicopFamily, name)], selection_criterion="aic",
+                                       num_threads=num_threads)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cop = pv.Bicop.from_data(data, controls=controls, var_types=var_types)
+            ll = float(cop.loglik(data))
+            npars = float(cop.npars)
+            row = {"family": name, "rotation": int(cop.rotation), "npars": round(npars, 2), "loglik": ll,
+                   "aic": _criterion_value("aic", ll, npars, n), "bic": _criterion_value("bic", ll, npars, n),
+                   "aicc": _criterion_value("aicc", ll, npars, n), "tau": float(cop.tau)}
+        except Exception as e:  # a family that cannot be fitted to these data is reported, not chosen
+            cop, row = None, {"family": name, "error": f"{type(e).__name__}: {e}"}
+        rows.append(row)
+        fitted.append(cop)
+    _PAIR_CACHE[key] = (fitted, rows)
+    while len(_PAIR_CACHE) > _PAIR_CACHE_SIZE:
+        _PAIR_CACHE.popitem(last=False)
+    return fitted, rows
+
+
 def select_pair(u, v, u_left=None, v_left=None, *, families=DEFAULT_FAMILIES, criterion: str = "aic",
-                num_threads: int = 1) -> tuple[pv.Bicop, list[dict]]:
+                obs_per_par: float = 0.0, num_threads: int = 1) -> tuple[pv.Bicop, list[dict]]:
     """Fit every family (best rotation each) to the pseudo-observations and keep the one with the smallest
-    ``criterion``. Returns the chosen copula and one row per candidate: family, rotation, parameters'
-    count, log-likelihood, AIC, BIC. A discrete variable passes its left limits (``u_left``)."""
+    ``criterion`` among the eligible ones: a family with p parameters (pyvinecopulib's count; the
+    effective degrees of freedom for ``tll``) is eligible when the pair has at least ``obs_per_par`` * p
+    points (independence, p = 0, always is). Returns the chosen copula and one row per candidate:
+    family, rotation, parameters' count, log-likelihood, AIC, BIC, AICc, ``eligible``, ``chosen``. A
+    discrete variable passes its left limits (``u_left``)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
     unknown = [f for f in families if f not in FAMILIES]
@@ -210,37 +268,18 @@ def select_pair(u, v, u_left=None, v_left=None, *, families=DEFAULT_FAMILIES, cr
     var_types = ["d" if u_left is not None else "c", "d" if v_left is not None else "c"]
     cols = [u, v] + [c for c in (u_left, v_left) if c is not None]
     data = np.column_stack(cols)
-    key = hashlib.sha1(data.tobytes() + repr((tuple(families), var_types)).encode()).hexdigest()
-    if key in _PAIR_CACHE:
-        _PAIR_CACHE.move_to_end(key)
-        cop, rows = _PAIR_CACHE[key]
-        return cop, [dict(r) for r in rows]
-    rows, fitted = [], []
-    for name in families:
-        controls = pv.FitControlsBicop(family_set=[getattr(pv.BicopFamily, name)], selection_criterion=criterion,
-                                       num_threads=num_threads)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cop = pv.Bicop.from_data(data, controls=controls, var_types=var_types)
-            ll = float(cop.loglik(data))
-            npars = float(cop.npars)
-            n = len(u)
-            row = {"family": name, "rotation": int(cop.rotation), "npars": round(npars, 2), "loglik": ll,
-                   "aic": -2 * ll + 2 * npars, "bic": -2 * ll + np.log(n) * npars, "tau": float(cop.tau)}
-        except Exception as e:  # a family that cannot be fitted to these data is reported, not chosen
-            cop, row = None, {"family": name, "error": f"{type(e).__name__}: {e}"}
-        rows.append(row)
-        fitted.append(cop)
-    ok = [i for i, r in enumerate(rows) if "error" not in r and np.isfinite(r[criterion])]
+    fitted, rows = _fit_families(data, var_types, families, num_threads)
+    rows = [dict(r) for r in rows]
+    n = len(u)
+    for r in rows:
+        if "error" not in r:
+            r["eligible"] = bool(r["npars"] <= 0 or n >= obs_per_par * r["npars"])
+    ok = [i for i, r in enumerate(rows) if r.get("eligible") and np.isfinite(r[criterion])]
     best = min(ok, key=lambda i: rows[i][criterion]) if ok else None
     cop = fitted[best] if best is not None else pv.Bicop()
     for i, r in enumerate(rows):
         r["chosen"] = i == best
-    _PAIR_CACHE[key] = (cop, rows)
-    while len(_PAIR_CACHE) > _PAIR_CACHE_SIZE:
-        _PAIR_CACHE.popitem(last=False)
-    return cop, [dict(r) for r in rows]
+    return cop, rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,9 +310,11 @@ def _logit(p):
     return np.log(p) - np.log1p(-p)
 
 
-def fit_correctness(c_prev, c, correct, criterion: str = "aic") -> tuple[ConditionalCorrectness | None, dict]:
+def fit_correctness(c_prev, c, correct, criterion: str = "aic",
+                    obs_per_par: float = 0.0) -> tuple[ConditionalCorrectness | None, dict]:
     """Fit :class:`ConditionalCorrectness`; returns it (or None when the criterion prefers the calibrated
-    confidence or the fit fails) and a JSON-able record of the comparison."""
+    confidence, the fit fails, or there are fewer than ``obs_per_par`` points per parameter of the
+    conditional model, 3) and a JSON-able record of the comparison."""
     from statsmodels.genmod import families
     from statsmodels.genmod.generalized_linear_model import GLM
 
@@ -294,9 +335,11 @@ def fit_correctness(c_prev, c, correct, criterion: str = "aic") -> tuple[Conditi
     except Exception as e:
         info["error"] = f"{type(e).__name__}: {e}"
         return None, info | {"chosen": "calibrated"}
-    penalty = 2.0 if criterion == "aic" else float(np.log(n))
-    keep = 2 * (ll - ll_cal) > penalty
-    info |= {"loglik_conditional": ll, "coef": params.tolist(), "penalty": penalty,
+    # the criterion's difference between the conditional (3 parameters) and the calibrated model (2)
+    penalty = float(_criterion_value(criterion, 0.0, 3, n) - _criterion_value(criterion, 0.0, 2, n))
+    eligible = n >= obs_per_par * 3
+    keep = eligible and 2 * (ll - ll_cal) > penalty
+    info |= {"loglik_conditional": ll, "coef": params.tolist(), "penalty": penalty, "eligible": bool(eligible),
              "chosen": "conditional" if keep else "calibrated"}
     return (ConditionalCorrectness(params) if keep else None), info
 
@@ -311,12 +354,12 @@ class CopulaModel:
 
     integration = "exact"  # read by code written for MarkovCopulaModel; the integrals here have one method
 
-    def __init__(self, margin: str = "ecdf", families: str = ",".join(DEFAULT_FAMILIES), criterion: str = "aic",
+    def __init__(self, margin: str = "auto", families: str = ",".join(DEFAULT_FAMILIES), criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
-                 correctness: str = "auto", structure: str = "markov"):
+                 correctness: str = "auto", structure: str = "markov", obs_per_par: float = 10.0):
         vars(self).update(margin=margin, families=_family_names(families), criterion=criterion, ties=ties,
                           tie_share=tie_share, n_cells=n_cells, seed=seed, correctness=correctness,
-                          structure=structure)
+                          structure=structure, obs_per_par=obs_per_par)
 
     def _discrete(self, x) -> bool:
         share = _tie_share(x)
@@ -336,13 +379,17 @@ class CopulaModel:
             raise ValueError("CopulaModel.fit needs an (n, k) array with k >= 2")
         n, self.k_ = X.shape
         rng = np.random.default_rng(self.seed)
-        self.marginals_ = [make_margin(self.margin).fit(X[:, j]) for j in range(self.k_)]
+        self.margin_ = self.margin
+        if self.margin == "auto":  # the paper's parametric law until the data hold obs_per_par points per parameter
+            self.margin_ = "ecdf" if n >= self.obs_per_par * BETA_MARGIN_PARAMS else "beta"
+        self.marginals_ = [make_margin(self.margin_).fit(X[:, j]) for j in range(self.k_)]
         self.discrete_ = [self._discrete(X[:, j]) for j in range(self.k_)]
         po = [pseudo_obs(X[:, j], self.discrete_[j], rng) for j in range(self.k_)]
         self.copulas_, self.candidates_ = [], []
         for j in range(1, self.k_):
             (u, ul), (v, vl) = po[j - 1], po[j]
-            cop, rows = select_pair(u, v, ul, vl, families=self.families, criterion=self.criterion)
+            cop, rows = select_pair(u, v, ul, vl, families=self.families, criterion=self.criterion,
+                                    obs_per_par=self.obs_per_par)
             self.copulas_.append(cop)
             self.candidates_.append(rows)
         if self.correctness not in CORRECTNESS:
@@ -355,7 +402,7 @@ class CopulaModel:
                                  f"{self.correctness!r}")
             for j in range(1, self.k_):
                 g, info = fit_correctness(X[:, j - 1], X[:, j], np.asarray(correct, float)[:, j],
-                                          self.criterion)
+                                          self.criterion, self.obs_per_par)
                 if self.correctness == "conditional" and g is None and "coef" in info:
                     g = ConditionalCorrectness(info["coef"])
                     info["chosen"] = "conditional"
@@ -372,7 +419,8 @@ class CopulaModel:
             for j in range(1, self.k_ - 1):
                 a = np.clip(cops[j - 1].hfunc2(np.column_stack([cont[j - 1], cont[j]])), 1e-10, 1 - 1e-10)
                 b = np.clip(cops[j].hfunc1(np.column_stack([cont[j], cont[j + 1]])), 1e-10, 1 - 1e-10)
-                cop2, rows = select_pair(a, b, families=self.families, criterion=self.criterion)
+                cop2, rows = select_pair(a, b, families=self.families, criterion=self.criterion,
+                                         obs_per_par=self.obs_per_par)
                 self.copulas2_.append(None if cop2.family.name == "indep" else cop2)
                 self.candidates2_.append(rows)
         self.dvine_ = any(c is not None for c in self.copulas2_) or (self.structure == "dvine" and self.k_ >= 3)
@@ -417,7 +465,8 @@ class CopulaModel:
             tree2.append({"pair": [j - 1, j + 1], "given": j, "family": chosen.get("family", "indep"),
                           "rotation": int(cop.rotation) if cop is not None else 0,
                           "kendall_tau": float(cop.tau) if cop is not None else 0.0, "candidates": rows})
-        return {"marginals": [mg.describe() for mg in self.marginals_], "pairs": pairs,
+        return {"margin": self.margin_, "obs_per_par": self.obs_per_par,
+                "marginals": [mg.describe() for mg in self.marginals_], "pairs": pairs,
                 "structure": "dvine" if self.dvine_ else "markov", "tree2": tree2,
                 "correctness": self.correctness_info_}
 
@@ -443,17 +492,17 @@ class CopulaTuner(MarkovCopulaTuner):
     def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
                  lambda_max: float = 1000.0, stop_multiplier: float = 1.25, stop_reference: str = "cascade",
                  reference_cost: float | None = None, max_gap: float = 0.1, eps: float = 1e-3,
-                 start: str = "warm", margin: str = "ecdf", families: str = ",".join(DEFAULT_FAMILIES),
+                 start: str = "warm", margin: str = "auto", families: str = ",".join(DEFAULT_FAMILIES),
                  criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
-                 correctness: str = "auto", structure: str = "markov"):
+                 correctness: str = "auto", structure: str = "markov", obs_per_par: float = 10.0):
         super().__init__(lambdas=lambdas, growth=growth, max_steps=max_steps, lambda_max=lambda_max,
                          stop_multiplier=stop_multiplier, stop_reference=stop_reference,
                          reference_cost=reference_cost, max_gap=max_gap, eps=eps, start=start,
                          integration="exact")
         del self.marginal_fit, self.copula, self.n_quad, self.integration  # not parameters of this model
         self._model_params = CopulaModel(margin, families, criterion, ties, tie_share, n_cells, seed, correctness,
-                                         structure).__dict__
+                                         structure, obs_per_par).__dict__
         vars(self).update(self._model_params)
 
     def make_model(self) -> CopulaModel:
