@@ -487,6 +487,7 @@ class CopulaTuner(MarkovCopulaTuner):
         "margin": Options(MARGINS), "families": Options(FAMILIES, many=True), "criterion": Options(CRITERIA),
         "ties": Options(TIES), "tie_share": Interval(float, 0, 1), "n_cells": Interval(int, 2, 4096), "seed": SEED,
         "correctness": Options(CORRECTNESS), "structure": Options(STRUCTURES),
+        "obs_per_par": Interval(float, 0, None),
     }
 
     def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
