@@ -16,7 +16,7 @@ Per chain, training size n and seeded subsample (the subsamples of ``cascade stu
   train), scored on test: ``grid_release`` scores the candidates with the calibrated confidences as the
   paper's release does (the release-style grid), ``grid_labels`` with the labels (`--method grid`);
 - **oracle** (the ceiling): the same `cascade select` run with the test split as its training split
-  (calibration, tuning and the frontier all on test; default rule), scored on test. It does not depend
+  (calibration, tuning and the frontier all on test; rule `measured`), scored on test. It does not depend
   on n.
 
 On the cost range the grid's and the oracle's test curves share (the same range for every rule), with AUC =
@@ -86,7 +86,7 @@ def cell(recs, chain_name, chain, n, s, ids, method, params, cache_dir, seed):
 def oracle(recs, chain, method, params):
     prep = tuning.prepare_full(recs, models=chain, train_split="test", test_split="test")
     cand = _candidates(prep.train, prep.test, method, params)
-    f = select.frontier_of(cand)
+    f = select.frontier_of(cand, "measured")  # on the split it is scored on, the labels are the truth
     return f["test_cost"].to_numpy(), f["test_error"].to_numpy()
 
 

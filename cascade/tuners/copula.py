@@ -19,15 +19,16 @@ calibration, lambda path and curves) and changes the dependence:
 - **Marginals** (``margin``): ``"beta"`` is the paper's law (end-point masses + a two-component beta
   mixture, :class:`~cascade.tuners.markov_copula.EndpointBetaMixture`); ``"ecdf"`` is the training
   distribution itself, discrete-aware: tied values are atoms, untied points are spread uniformly over the
-  gap below them (a continuous, piecewise-linear CDF between data points); ``"auto"`` (default) is the
-  beta law below ``obs_per_par`` x 7 training points (its 7 parameters), the ECDF from there on.
+  gap below them (a continuous, piecewise-linear CDF between data points; the default); ``"auto"`` is the
+  beta law below ``obs_per_par`` x 7 training points (its 7 parameters), the ECDF from there on (it lost
+  on the qwen/OpenAI chain at n = 20 and 50: docs/tuner.md).
 - **Model size follows the data** (``obs_per_par``, default 10: a rule of thumb fixed in advance, not
   tuned per benchmark): a pair-copula family with p parameters (the effective degrees of freedom for
   ``tll``) competes only where the pair has at least 10 p training points, the conditional correctness
-  model (3 parameters) only from 30, and ``margin="auto"`` switches to the ECDF at 70. On a few dozen
-  queries the choice is among one-parameter families and the paper's marginal law, where choosing among
-  every family over-fitted; from a few hundred on nothing is excluded. ``obs_per_par=0`` gives the
-  earlier model (every family, the ECDF at every n).
+  model (3 parameters) only from 30 (and ``margin="auto"`` switches to the ECDF at 70). On 10-19
+  queries the choice is among independence and the one-parameter families, where choosing among every
+  family (and ``tll``) over-fitted; from a few hundred on nothing is excluded. ``obs_per_par=0`` gives
+  the earlier model.
 - **Correctness given the previous model** (``correctness``): the paper takes P(model j correct) = c_j.
   Queries that reach model j are those the earlier models were unsure of, and the previous model's
   confidence often predicts j's correctness beyond c_j. ``"auto"`` fits a logistic regression of
@@ -43,7 +44,7 @@ calibration, lambda path and curves) and changes the dependence:
 
 The tuner (:class:`CopulaTuner`) subclasses :class:`~cascade.tuners.markov_copula.MarkovCopulaTuner`: the
 same constructor parameters (lambda path, stop rule, box, gap filling) plus the model's. Defaults
-(``margin="auto"``, ``obs_per_par=10``, ``criterion="aic"``, ``start="warm"``, ``structure="markov"``) were
+(``margin="ecdf"``, ``obs_per_par=10``, ``criterion="aic"``, ``start="warm"``, ``structure="markov"``) were
 chosen on the dev data; docs/tuner.md has the numbers of every alternative.
 """
 
@@ -354,7 +355,7 @@ class CopulaModel:
 
     integration = "exact"  # read by code written for MarkovCopulaModel; the integrals here have one method
 
-    def __init__(self, margin: str = "auto", families: str = ",".join(DEFAULT_FAMILIES), criterion: str = "aic",
+    def __init__(self, margin: str = "ecdf", families: str = ",".join(DEFAULT_FAMILIES), criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
                  correctness: str = "auto", structure: str = "markov", obs_per_par: float = 10.0):
         vars(self).update(margin=margin, families=_family_names(families), criterion=criterion, ties=ties,
@@ -493,7 +494,7 @@ class CopulaTuner(MarkovCopulaTuner):
     def __init__(self, lambdas=(0.0, 1e-10, 1e-8, 1e-6), growth: float = 2.0, max_steps: int = 24,
                  lambda_max: float = 1000.0, stop_multiplier: float = 1.25, stop_reference: str = "cascade",
                  reference_cost: float | None = None, max_gap: float = 0.1, eps: float = 1e-3,
-                 start: str = "warm", margin: str = "auto", families: str = ",".join(DEFAULT_FAMILIES),
+                 start: str = "warm", margin: str = "ecdf", families: str = ",".join(DEFAULT_FAMILIES),
                  criterion: str = "aic",
                  ties: str = "auto", tie_share: float = 0.05, n_cells: int = 96, seed: int = 0,
                  correctness: str = "auto", structure: str = "markov", obs_per_par: float = 10.0):

@@ -111,7 +111,6 @@ def register(sub) -> None:
 
 def run_study_cmd(args) -> int:
     from cascade.evaluate import study as protocol
-    from cascade.evaluate import tuning as tune
     from cascade.evaluate.outputs import check_out, parse_method_params
 
     out = check_out(args.out, unit=False)
