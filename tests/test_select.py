@@ -152,9 +152,14 @@ def test_robust_frontier_rules(toy_selection):
         select.frontier_of(cand, "bootstrap")
     with pytest.raises(ValueError, match="number"):
         select.frontier_of(cand, "blend:x")
-    for rule in select.NEEDS_TRAIN:
+    for rule in ("bagged", "paired", "switch"):  # per-query losses: the training data themselves
         with pytest.raises(ValueError, match="training data"):
             select.frontier_of(cand, rule)
+    # n-weighted rules read n from the candidates (pooled candidates of several selections have no train)
+    assert (cand["n_train"] == 1500).all()
+    pd.testing.assert_frame_equal(select.frontier_of(cand, "shrink"), select.frontier_of(cand, "shrink", train=train))
+    with pytest.raises(ValueError, match="training data"):
+        select.frontier_of(cand.drop(columns="n_train"), "shrink")
     # fewer points: the hull's and the thinned frontiers are subsets of the measured one
     keys = set(zip(measured["cascade"], measured["point"]))
     for rule in ("hull", "paired:1", "switch:1"):
