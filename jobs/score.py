@@ -53,6 +53,7 @@ CORRUPT_DIR = ".corrupt"  # hidden (Arrow skips it) and its files end in CORRUPT
 CORRUPT_SUFFIX = ".corrupt"
 STATS_FILE = "_score_stats.json"  # a leading _: Parquet readers of the store skip it
 LEGACY_STATS_FILE = "score_stats.json"  # the name older versions gave it
+CLAIMS_DIR = ".claims"  # <out>/.claims/<shard>.lock: which run scores a shard (hidden: readers skip it)
 META = ("_actor", "_pid", "_ready_at", "_load_s", "_restarted", "_threads")
 
 
@@ -96,6 +97,7 @@ class StageStats:
     n_shards: int = 0
     skipped_shards: int = 0
     rescored_shards: int = 0
+    claimed_elsewhere: int = 0  # shards another run was scoring when this one planned (it writes them)
     scored_records: int = 0
     failed_rows: int = 0
     input_tokens: int = 0
@@ -119,6 +121,7 @@ class StageStats:
             "n_shards": self.n_shards,
             "skipped_shards": self.skipped_shards,
             "rescored_shards": self.rescored_shards,
+            "claimed_elsewhere": self.claimed_elsewhere,
             "scored_records": self.scored_records,
             "failed_rows": self.failed_rows,
             "input_tokens": self.input_tokens,
@@ -347,23 +350,41 @@ def set_aside(sh: Shard, expected: set[str], out: Path, run_id: str) -> Path | N
     return dest
 
 
+def claim_key(cfg: ScoreConfig, sh: Shard) -> str:
+    """A shard's claim: its path in the store (``<out>/.claims/<benchmark>/<model>/<shard>.lock``)."""
+    return str(sh.path.relative_to(cfg.out))
+
+
 def _todo(cfg: ScoreConfig, shards: dict[str, list[Shard]], per_split, stats: dict[str, StageStats],
-          run_id: str) -> dict[str, list[Shard]]:
-    """The shards still to score; finished ones are counted, damaged ones named and set aside."""
+          run_id: str, claims=None) -> dict[str, list[Shard]]:
+    """The shards still to score; finished ones are counted, damaged ones named and set aside. With
+    ``claims`` (a :class:`jobs.claims.Claims` on ``<out>/.claims``, as sweeps claim cells) every shard to score
+    is claimed first and one another live run holds is left to it (counted in ``claimed_elsewhere``); the
+    caller releases the claims once the shards are written. A dead run's claims are dropped by the OS."""
     expected = {b: expected_columns(b, list(cfg.signals)) for (b, _s) in per_split}
     todo: dict[str, list[Shard]] = {}
+    elsewhere = 0
     for st in cfg.stages:
         lst = []
         for sh in shards[st.name]:
             s = stats[st.name]
             s.n_shards += 1
             s.n_records += sh.n
+            finished = sh.path.exists() and shard_problem(sh, expected[sh.benchmark]) is None
+            if not finished and claims is not None:
+                if not claims.try_claim(claim_key(cfg, sh)):
+                    s.claimed_elsewhere += 1
+                    elsewhere += 1
+                    continue
+                finished = sh.path.exists() and shard_problem(sh, expected[sh.benchmark]) is None
+                if finished:  # written by the run that held the claim until now
+                    claims.release(claim_key(cfg, sh))
+            if finished:
+                s.skipped_shards += 1
+                _drop_partial(Path(cfg.out), sh)
+                continue
             if sh.path.exists():
                 reason = shard_problem(sh, expected[sh.benchmark])
-                if reason is None:
-                    s.skipped_shards += 1
-                    _drop_partial(Path(cfg.out), sh)
-                    continue
                 dest = set_aside(sh, expected[sh.benchmark], Path(cfg.out), run_id)
                 if dest is None and sh.path.exists():  # rewritten meanwhile by a concurrent run
                     s.skipped_shards += 1
@@ -374,6 +395,10 @@ def _todo(cfg: ScoreConfig, shards: dict[str, list[Shard]], per_split, stats: di
             sh.done = _read_partial(Path(cfg.out), sh, expected[sh.benchmark])
             lst.append(sh)  # (a manifest without its shard is replaced when the shard is written)
         todo[st.name] = lst
+    if elsewhere:
+        print(f"cascade score: {elsewhere} shard(s) are being scored by another run of this output now (claims "
+              f"under {Path(cfg.out) / CLAIMS_DIR}): left to it; a rerun scores any it does not finish",
+              file=sys.stderr)
     return todo
 
 
@@ -629,13 +654,19 @@ def run(config, *, progress: bool | None = None) -> dict:
     shards, per_split = plan(cfg)
     run_id = uuid.uuid4().hex[:12]
     stats = {st.name: StageStats(runner=runner_of(st)) for st in cfg.stages}
-    todo = _todo(cfg, shards, per_split, stats, run_id)
+    from jobs.claims import Claims
+
+    claims = Claims(Path(cfg.out) / CLAIMS_DIR)  # two runs of one output at once score each shard once
     failures: list[dict] = []
-    if any(todo.values()):
-        ray = _ray_init(cfg)
-        _check_resources(cfg, ray)
-        failures = _execute(cfg, todo, stats, run_id, per_split,
-                            progress=cfg.ray.progress if progress is None else progress)
+    try:
+        todo = _todo(cfg, shards, per_split, stats, run_id, claims)
+        if any(todo.values()):
+            ray = _ray_init(cfg)
+            _check_resources(cfg, ray)
+            failures = _execute(cfg, todo, stats, run_id, per_split,
+                                progress=cfg.ray.progress if progress is None else progress)
+    finally:
+        claims.release_all()
     failed_file = _write_failed(Path(cfg.out), failures)
 
     seconds = time.perf_counter() - t0

@@ -36,6 +36,9 @@ import time
 import warnings
 from pathlib import Path
 
+# cells are claimed as scoring shards are (jobs/claims.py)
+from jobs.claims import Claims as CellClaims
+
 # no heavy import at module level: `cascade sweep` registers its arguments from here (`cascade --help`)
 
 
@@ -101,42 +104,6 @@ def add_args(ap) -> None:
 
 def _sweep_key(spec) -> str:
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
-
-
-class CellClaims:
-    """Which driver runs which cell, when several sweeps of one spec run at once.
-
-    A claim is an exclusive lock (``filelock``: ``flock`` on POSIX) on ``<out>/<experiment>/.claims/<key>.lock``,
-    taken by the driver before it submits the cell and released once the cell's result is written and logged.
-    A driver skips a cell another one holds and comes back to it later (by then it is usually FINISHED). The
-    operating system drops the locks of a process that dies, so a killed sweep's claims never block a rerun;
-    the lock files themselves are empty and may stay.
-    """
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.held: dict = {}
-
-    def try_claim(self, key: str) -> bool:
-        from filelock import FileLock, Timeout
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.root / f"{key}.lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return False
-        self.held[key] = lock
-        return True
-
-    def release(self, key: str) -> None:
-        lock = self.held.pop(key, None)
-        if lock is not None:
-            lock.release()
-
-    def release_all(self) -> None:
-        for key in list(self.held):
-            self.release(key)
 
 
 CLAIM_POLL_S = 1.0  # how often a driver looks again at cells another driver holds
