@@ -242,12 +242,12 @@ class JudgeWorker:
         self.benchmarks = set(benchmarks)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from cascade.scoring.stage import FAILED, judge_requests, verdicts
+        from cascade.scoring.stage import FAILED, judge_requests, prompter_of, verdicts
 
         batch = batch.copy()
         todo = batch["benchmark"].isin(self.benchmarks) & (batch[FAILED].fillna("") == "")
         for bench, g in batch[todo].groupby("benchmark", sort=False):
-            reqs = judge_requests(self.engine.prompter(), B.get(bench), [_item(s) for s in g["item"]],
+            reqs = judge_requests(prompter_of(self.engine), B.get(bench), [_item(s) for s in g["item"]],
                                   g["answer"].tolist())
             res = self.engine.generate(reqs)
             batch.loc[g.index, "correct"] = verdicts(res)

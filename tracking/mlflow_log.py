@@ -496,12 +496,28 @@ def log_report(data: dict, *, run_id: str | None = None, description: str | None
             client.set_tag(rid, "mlflow.note.content", description[:60000])
 
 
+METRIC_NOTES = (
+    "**Units**: budgets and costs in USD per million queries; errors are shares of test queries answered wrongly "
+    "(lower is better).\n\n"
+    "**Metrics** (the same names on every tuning and selection run of this benchmark):\n"
+    "- `test_error_at_usd<B>`: the lowest test error among the run's curve points whose test cost is at most B "
+    "(absent when even its cheapest point costs more); history `test_error_curve` (step = budget index, "
+    "`budget_usd` gives the budget of each step: MLflow's chart view overlays the runs' curves);\n"
+    "- on selection runs, `answer_test_error_at_usd<B>` / `answer_test_cost_at_usd<B>`: the point the selection "
+    "runs at B, chosen on the training split, measured on test (history `answer_test_error_curve`);\n"
+    "- `frontier_test_auc`: mean test error of the frontier over its own test cost range; "
+    "`auc_shared` (tuning runs of a comparison): mean test error over the cost range every method's curve of "
+    "that cascade covers.\n\n"
+    "**Report**: the artifact `report.html` (interactive: pick a budget, read the answer; every curve overlaid).\n\n"
+    "MLflow's *Duration* column is how long a run stayed open while it was logged (artifacts, datasets), not "
+    "the fit: the fit's time is the metric `seconds`.")
+
+
 def comparison_report(title: str, runs: list[dict], budgets: list[float]) -> tuple[dict, str]:
     """A comparison's report data and description (a several-method `cascade tune`, a sweep, a study): its
     curves; at each budget the lowest test error any curve reaches (read on test: a comparison, not a
     selection)."""
     from cascade.evaluate import report
-    from tracking.select import METRIC_NOTES
 
     curves = [{"method": r["method"], "cascade": " -> ".join(r["cascade"]),
                "test_cost": [float(v) for v in r["curve"]["test_cost"]],

@@ -14,7 +14,7 @@ import pandas as pd
 
 from cascade.evaluate import select
 
-from .mlflow_log import _flat_params, _tags, log_budget_curve, log_summary, log_tune_dir, parent_run
+from .mlflow_log import METRIC_NOTES, _flat_params, _tags, log_budget_curve, log_summary, log_tune_dir, parent_run
 from .store import configure, guard, write_lock
 
 
@@ -125,23 +125,6 @@ def log_answer(run_id: str, frontier: pd.DataFrame, summary: dict) -> None:
 
 
 __all__ = ["log_answer", "log_selection"]
-
-
-METRIC_NOTES = (
-    "**Units**: budgets and costs in USD per million queries; errors are shares of test queries answered wrongly "
-    "(lower is better).\n\n"
-    "**Metrics** (the same names on every tuning and selection run of this benchmark):\n"
-    "- `test_error_at_usd<B>`: the lowest test error among the run's curve points whose test cost is at most B "
-    "(absent when even its cheapest point costs more); history `test_error_curve` (step = budget index, "
-    "`budget_usd` gives the budget of each step: MLflow's chart view overlays the runs' curves);\n"
-    "- on selection runs, `answer_test_error_at_usd<B>` / `answer_test_cost_at_usd<B>`: the point the selection "
-    "runs at B, chosen on the training split, measured on test (history `answer_test_error_curve`);\n"
-    "- `frontier_test_auc`: mean test error of the frontier over its own test cost range; "
-    "`auc_shared` (tuning runs of a comparison): mean test error over the cost range every method's curve of "
-    "that cascade covers.\n\n"
-    "**Report**: the artifact `report.html` (interactive: pick a budget, read the answer; every curve overlaid).\n\n"
-    "MLflow's *Duration* column is how long a run stayed open while it was logged (artifacts, datasets), not "
-    "the fit: the fit's time is the metric `seconds`.")
 
 
 def answer_description(title: str, answer_table_md: str) -> str:

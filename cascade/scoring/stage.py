@@ -117,6 +117,11 @@ class MessagePrompter:
                           exact_watch=exact)
 
 
+def prompter_of(engine: Engine) -> Prompter | MessagePrompter:
+    """What renders a stage's messages into ``engine``'s requests (by its ``PROMPTS``)."""
+    return MessagePrompter() if engine.PROMPTS == "messages" else Prompter(engine.tokenizer)
+
+
 def answer_requests(prompter: Prompter, bench: B.Benchmark, items: list[B.Item], signals: list[str],
                     max_new_tokens: int) -> tuple[list[str], list[GenRequest]]:
     """The rendered prompts and the answering pass's requests (option letters watched when a signal needs them)."""
@@ -192,7 +197,7 @@ def score_items(
 ) -> pd.DataFrame:
     """Answer ``items`` with ``engine`` and return one records row per item (correct: reference grader)."""
     bench = B.get(benchmark)
-    prompter = engine.prompter()
+    prompter = prompter_of(engine)
     texts, reqs = answer_requests(prompter, bench, items, signals, stage.max_new_tokens or bench.max_new_tokens)
     res = engine.generate(reqs)
     pt = engine.generate(ptrue_requests(prompter, items, [r.text for r in res])) if needs_ptrue(bench, signals) else None
@@ -214,7 +219,7 @@ def verdicts(results: list[GenResult]) -> np.ndarray:
 def judge_items(engine: Engine, benchmark: str, items: list[B.Item], answers: list[str]) -> np.ndarray:
     """A judge model's verdicts in {0, 1}: P(Yes) > P(No) at its first generated position."""
     bench = B.get(benchmark)
-    return verdicts(engine.generate(judge_requests(engine.prompter(), bench, items, answers)))
+    return verdicts(engine.generate(judge_requests(prompter_of(engine), bench, items, answers)))
 
 
 def column_order(df: pd.DataFrame) -> pd.DataFrame:

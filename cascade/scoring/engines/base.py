@@ -62,10 +62,15 @@ class Engine(ABC):
 
     ``OPTIONS`` names the engine-specific keyword arguments a scoring config may pass through a stage's
     ``engine_options`` (with their types); the config refuses any other key before work starts.
+
+    ``PROMPTS`` says what a request carries: ``"tokens"`` (the prompt rendered with ``tokenizer``'s chat
+    template, as token ids) or ``"messages"`` (the message itself: the engine renders it, e.g. an API server);
+    :func:`cascade.scoring.stage.prompter_of` picks the stage's prompter from it.
     """
 
     name = "base"
     OPTIONS: dict[str, type] = {}
+    PROMPTS = "tokens"
 
     def __init__(self, model_path: str, *, dtype: str = "bfloat16", batch_size: int = 8, threads: int | None = None,
                  max_model_len: int | None = None, tensor_parallel_size: int = 1):
@@ -98,11 +103,6 @@ class Engine(ABC):
 
         return cls(materialize(st.model), **cls.stage_kwargs(st))
 
-    def prompter(self):
-        """What renders a stage's messages into this engine's requests (see :mod:`cascade.scoring.stage`)."""
-        from ..stage import Prompter
-
-        return Prompter(self.tokenizer)
 
     @abstractmethod
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:

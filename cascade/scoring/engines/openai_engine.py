@@ -157,6 +157,7 @@ class _OutOfBudget(Exception):
 class OpenAIEngine(Engine):
     name = "openai"
     OPTIONS: dict[str, type] = {}
+    PROMPTS = "messages"  # the server applies the model's chat template
 
     def __init__(self, model: str, *, fields: OpenAIFields, batch_size: int = 8, price_input: float = 0.0,
                  price_output: float = 0.0, max_cost_usd: float | None = None, replicas: int = 1, **_):
@@ -174,11 +175,6 @@ class OpenAIEngine(Engine):
     def from_stage(cls, st) -> OpenAIEngine:
         return cls(st.model, fields=st.engine_fields(), batch_size=st.batch_size, price_input=st.price.input,
                    price_output=st.price.output, max_cost_usd=st.max_cost_usd, replicas=st.resources.replicas)
-
-    def prompter(self):
-        from ..stage import MessagePrompter
-
-        return MessagePrompter()
 
     # ---------------------------------------------------------------------------------- requests
 
