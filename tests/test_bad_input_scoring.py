@@ -46,6 +46,9 @@ CASES = [
      "no file"),
     ("stage-name-path", lambda r: _stage(r, name="../escaped"), [], "stages.0.name"),
     ("model-unknown", lambda r: _stage(r, model="no-such-model"), [], "stages.0.model: unknown model"),
+    # a hub id neither cached nor known to the hub (here: no hub at all) is refused before Ray starts
+    ("model-hub-unresolved", lambda r: _stage(r, model="nosuchorg/nosuchmodel-xyz"), [],
+     "stages.0.model: 'nosuchorg/nosuchmodel-xyz' is not in the local Hugging Face cache"),
     ("field-unknown", lambda r: _stage(r, batchsize=4), [], "stages.0.batchsize: unknown field"),
     ("dtype-bad", lambda r: _stage(r, dtype="int3"), [], "stages.0.dtype"),
     ("shard-size-zero", lambda r: r.update(shard_size=0), [], "shard_size"),

@@ -94,6 +94,41 @@ def check_model(name: str) -> str:
     )
 
 
+HUB_TIMEOUT_S = 10.0  # the preflight's one request to the hub for a hub id not in the local cache
+
+
+def preflight_model(name: str) -> str:
+    """Check, before any work, that a model name resolves: a registered tiny model, a local folder with a
+    ``config.json``, or a hub id that is in the local Hugging Face cache or that the hub answers for (one
+    request, :data:`HUB_TIMEOUT_S`). Returns how it resolved; raises :class:`ModelError` saying what would
+    work, so that a model that cannot load is found before Ray starts, not after every actor's downloads."""
+    kind = check_model(name)
+    if kind != "hub":
+        return kind
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+        return "hub (cached)"
+    local = "or point model at a local Hugging Face folder"
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise ModelError(f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it "
+                         f"first (`hf download {name}`) {local}")
+    try:
+        huggingface_hub.model_info(name, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        raise ModelError(f"{name!r} is not in the local Hugging Face cache and the hub refuses it (a gated "
+                         f"model): accept its licence and set HF_TOKEN, {local}") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"{name!r} is not in the local Hugging Face cache and the hub has no such model (or it "
+                         f"is private: set HF_TOKEN): correct the name, {local}") from None
+    except Exception as e:  # no network, DNS, a proxy, a timeout: the hub cannot be asked
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"{name!r} is not in the local Hugging Face cache and the hub cannot be reached "
+                         f"({why}): download it where the hub is reachable (`hf download {name}`) {local}") from None
+    return "hub"
+
+
 def _fix_bos(folder: Path, gguf_path: Path) -> bool:
     """If the GGUF says add_bos_token but the converted tokenizer does not add it, fix its post-processor."""
     from gguf import GGUFReader

@@ -112,6 +112,17 @@ class Engine(ABC):
         pass
 
 
+def local_model_preflight(st, where: str) -> str:
+    """The preflight of an engine that loads a local model: the stage's model resolves (a tiny model, a
+    local folder, or a hub id cached or known to the hub) before Ray starts."""
+    from ..models import preflight_model
+
+    try:
+        return f"{st.model}: {preflight_model(st.model)}"
+    except ValueError as e:
+        raise ValueError(f"{where}.model: {e}") from None
+
+
 def stop_token_ids(tokenizer, generation_config=None) -> set[int]:
     ids: set[int] = set()
     for src in (getattr(generation_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):

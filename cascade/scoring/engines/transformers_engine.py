@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .base import Engine, GenRequest, GenResult, stop_token_ids
+from .base import Engine, GenRequest, GenResult, local_model_preflight, stop_token_ids
 from .registry import EngineSpec, register
 
 
@@ -135,4 +135,5 @@ register(EngineSpec(
     name="transformers", factory=f"{__name__}:TransformersEngine", needs="local_model",
     description="Hugging Face transformers on CPU (default) or CUDA (device: cuda)",
     options=TransformersEngine.OPTIONS,
+    preflight=local_model_preflight,
 ))

