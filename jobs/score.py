@@ -249,7 +249,7 @@ class JudgeWorker:
         for bench, g in batch[todo].groupby("benchmark", sort=False):
             reqs = judge_requests(prompter_of(self.engine), B.get(bench), [_item(s) for s in g["item"]],
                                   g["answer"].tolist())
-            res = self.engine.generate(reqs)
+            res = self.engine.answer(reqs)
             batch.loc[g.index, "correct"] = verdicts(res)
             batch.loc[g.index, FAILED] = [f"judge: {r.error}" if r.error else "" for r in res]
         return batch

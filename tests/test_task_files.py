@@ -311,3 +311,27 @@ def test_the_own_data_example_checks(capsys):
     """examples/own-data (docs/own-data.md): a task file with its JSONL splits, named by path in the config."""
     assert score_main([str(ROOT / "examples" / "own-data" / "score-capitals.yaml"), "--check"]) == 0
     assert "config ok: 40 queries x 2 stage(s), 8 shards" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_an_over_long_question_is_a_failed_row_and_the_rest_are_records(tmp_path):
+    """One 50,000-character question among normal ones (longer than SmolLM2's 8,192-token context): it is a
+    failed row with the reason, never a record; every other query is stored; the command exits 1 saying so."""
+    from cascade.data import records
+
+    rows = list(CAPITALS)
+    rows[2] = ("Italy " * 8400, "Rome", ["Milan", "Turin", "Rome"])
+    task = _own_data(tmp_path, rows=rows)
+    cfg = _score_cfg(tmp_path, task)
+    r = subprocess.run([sys.executable, "-m", "jobs.score", str(cfg), "--json", "--no-progress"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "1 row(s) failed" in r.stderr and "Traceback" not in r.stderr
+    failed = [json.loads(x) for x in (tmp_path / "out" / "_failed_rows.jsonl").read_text().splitlines()]
+    assert [f["query_id"] for f in failed] == [2] and failed[0]["error"].startswith("prompt too long: ")
+    assert "the model's context of 8192 tokens" in failed[0]["error"]
+    df = records.load(tmp_path / "out")
+    # query 3 shares its shard with the failed row: it waits in .pending until that row is scored
+    assert sorted(df["query_id"]) == [0, 1, 4]
+    held = [pd.read_parquet(p) for p in (tmp_path / "out" / ".pending").rglob("*.pending")]
+    assert [list(h["query_id"]) for h in held] == [[3]]

@@ -199,8 +199,8 @@ def score_items(
     bench = B.get(benchmark)
     prompter = prompter_of(engine)
     texts, reqs = answer_requests(prompter, bench, items, signals, stage.max_new_tokens or bench.max_new_tokens)
-    res = engine.generate(reqs)
-    pt = engine.generate(ptrue_requests(prompter, items, [r.text for r in res])) if needs_ptrue(bench, signals) else None
+    res = engine.answer(reqs)
+    pt = engine.answer(ptrue_requests(prompter, items, [r.text for r in res])) if needs_ptrue(bench, signals) else None
     return record_rows(stage, bench, split, items, texts, res, pt, signals=signals, grading=grading, run_id=run_id)
 
 
@@ -219,7 +219,7 @@ def verdicts(results: list[GenResult]) -> np.ndarray:
 def judge_items(engine: Engine, benchmark: str, items: list[B.Item], answers: list[str]) -> np.ndarray:
     """A judge model's verdicts in {0, 1}: P(Yes) > P(No) at its first generated position."""
     bench = B.get(benchmark)
-    return verdicts(engine.generate(judge_requests(prompter_of(engine), bench, items, answers)))
+    return verdicts(engine.answer(judge_requests(prompter_of(engine), bench, items, answers)))
 
 
 def column_order(df: pd.DataFrame) -> pd.DataFrame:

@@ -108,6 +108,51 @@ class Engine(ABC):
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Greedy continuations, in the order of ``requests``."""
 
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and answer) one request may hold; None where the engine cannot tell (a
+        server refuses what it cannot take, and that row fails)."""
+        return self.max_model_len
+
+    def answer(self, requests: list[GenRequest]) -> list[GenResult]:
+        """:meth:`generate` with per-row faults kept to their rows, in the order of ``requests``:
+
+        - a request whose prompt and ``max_new_tokens`` do not fit :meth:`context_length` is not sent: its
+          result is a failed row saying so (never truncated: a cut question is another question);
+        - when the batch raises, each request is retried alone; one that still raises becomes a failed row
+          with the error, the others keep their results. When no request of the batch succeeds alone the
+          fault is not a row's (a bug, a lost device): the first error is raised.
+        """
+        ctx = self.context_length()
+        out: list[GenResult | None] = [None] * len(requests)
+        todo = []
+        for i, r in enumerate(requests):
+            if ctx is not None and r.prompt_ids and len(r.prompt_ids) + r.max_new_tokens > ctx:
+                out[i] = failed_result(r, f"prompt too long: {len(r.prompt_ids)} tokens + {r.max_new_tokens} to "
+                                          f"generate > the model's context of {ctx} tokens; shorten the prompt or "
+                                          "raise the stage's max_model_len (up to the model's own)")
+            else:
+                todo.append(i)
+        if not todo:
+            return out  # type: ignore[return-value]
+        try:
+            got = self.generate([requests[i] for i in todo])
+        except Exception:
+            if len(todo) == 1:
+                raise
+            got, first = [], None
+            for i in todo:
+                try:
+                    got.append(self.generate([requests[i]])[0])
+                except Exception as e:  # this row's own fault: the others answered alone
+                    first = first or e
+                    msg = (str(e).splitlines() or [""])[0][:300]
+                    got.append(failed_result(requests[i], f"the engine raised {type(e).__name__} on this row: {msg}"))
+            if all(g.error for g in got):
+                raise first  # type: ignore[misc]
+        for i, g in zip(todo, got):
+            out[i] = g
+        return out  # type: ignore[return-value]
+
     def close(self) -> None:  # pragma: no cover - engines without resources to free
         pass
 

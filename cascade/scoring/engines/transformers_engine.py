@@ -71,6 +71,11 @@ class TransformersEngine(Engine):
             kw["device"] = st.device
         return kw
 
+    def context_length(self) -> int | None:
+        own = getattr(self.model.config, "max_position_embeddings", None)
+        lengths = [n for n in (self.max_model_len, own) if n]
+        return min(lengths) if lengths else None
+
     def _batch(self, reqs: list[GenRequest]) -> list[GenResult]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList

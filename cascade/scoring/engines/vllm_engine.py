@@ -114,6 +114,10 @@ class VLLMEngine(Engine):
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_ids = model_stop_ids(model_path, self.tokenizer)
 
+    def context_length(self) -> int | None:
+        cfg = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        return getattr(cfg, "max_model_len", None) or self.max_model_len
+
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         from vllm import SamplingParams
 
