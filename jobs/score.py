@@ -736,6 +736,9 @@ def _map_batches(ds, fn, st: StageConfig, cfg: ScoreConfig, n_blocks: int, **kw)
         )
 
 
+READ_CONCURRENCY = 2  # shard-reading tasks in flight per stage (each reads one shard, a few ms to seconds)
+
+
 def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str,
                   per_split: dict[tuple[str, str], B.Source]):
     """The lazy Ray Data pipeline: per stage, its shards (one block each) -> their rows read and prompts
@@ -757,9 +760,11 @@ def build_dataset(cfg: ScoreConfig, todo: dict[str, list[Shard]], run_id: str,
         ds = ray.data.from_items(_shard_specs(name, shards, per_split), override_num_blocks=len(shards))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")
-            # light: the reads must not wait for CPUs the engines hold (a 2-core machine would wait forever)
+            # no CPU: the reads must not wait for CPUs the engines hold (stages that take every CPU of the
+            # cluster, as the demo's two on a 2-core machine, would wait forever); concurrency bounds how many
+            # read at once (a 0-CPU task is otherwise not bounded by the CPUs)
             ds = ds.map_batches(read_shards, fn_kwargs={"tasks": tasks}, batch_format="pandas", batch_size=1,
-                                num_cpus=0.1, max_retries=cfg.ray.max_restarts)
+                                num_cpus=0, concurrency=READ_CONCURRENCY, max_retries=cfg.ray.max_restarts)
         if runner_of(st) == "ray.data.llm":
             ds = _ray_llm_stage(ds, st, cfg, run_id, columns, keep_items=bool(judged), tasks=tasks)
         else:

@@ -8,6 +8,7 @@ letters, references, judge contexts and query ids.
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -322,9 +323,12 @@ def test_an_over_long_question_is_a_failed_row_and_the_rest_are_records(tmp_path
     rows = list(CAPITALS)
     rows[2] = ("Italy " * 8400, "Rome", ["Milan", "Turin", "Rome"])
     task = _own_data(tmp_path, rows=rows)
-    cfg = _score_cfg(tmp_path, task)
+    # the stage holds every CPU of the local cluster: the shard reads (no CPU) must still run (with 0.1 CPU
+    # each they waited forever, as the demo's two 1-CPU stages did on 2 cores)
+    cfg = _score_cfg(tmp_path, task, stages=[{"name": "smol", "model": "smollm2-135m", "dtype": "float32",
+                                              "batch_size": 5, "resources": {"num_cpus": os.cpu_count(), "threads": 1}}])
     r = subprocess.run([sys.executable, "-m", "jobs.score", str(cfg), "--json", "--no-progress"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]
     assert "1 row(s) failed" in r.stderr and "Traceback" not in r.stderr
     failed = [json.loads(x) for x in (tmp_path / "out" / "_failed_rows.jsonl").read_text().splitlines()]
