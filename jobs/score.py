@@ -662,7 +662,11 @@ def run(config, *, progress: bool | None = None) -> dict:
         todo = _todo(cfg, shards, per_split, stats, run_id, claims)
         if any(todo.values()):
             ray = _ray_init(cfg)
-            _check_resources(cfg, ray)
+            try:
+                _check_resources(cfg, ray)
+            except ConfigError:
+                claims.discard()  # refused before any work: nothing written
+                raise
             failures = _execute(cfg, todo, stats, run_id, per_split,
                                 progress=cfg.ray.progress if progress is None else progress)
     finally:
